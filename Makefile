@@ -1,0 +1,32 @@
+# Targets CI calls: `make test` (the README's test command). Everything runs in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SRC := $(wildcard pvae tests benchmarks examples)
+
+.PHONY: install run test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## train the default VAE on the embedded digits into runs/default
+	$(BIN)/pvae train --out runs/default-$$(date +%Y%m%d-%H%M%S)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
+
+format: $(STAMP)
+	$(BIN)/ruff format $(SRC)
+	$(BIN)/ruff check --fix $(SRC)
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q --doctest-modules pvae tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

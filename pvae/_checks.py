@@ -1,0 +1,47 @@
+"""Argument validation shared by the public API: errors name the argument, the expectation and
+what was received (never ``assert``: asserts vanish under ``python -O``)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as an ``int`` if it is a positive integer, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be a positive integer, got {value!r} ({type(value).__name__})"
+        )
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a ``float`` if it is a finite number > 0 (or >= 0), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value or value in (float("inf"), float("-inf")):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+    return value
+
+
+def one_of(name: str, value: Any, valid: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``valid`` names, else raise listing them."""
+    valid = list(valid)
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(sorted(valid))}")
+    return value
+
+
+def lookup(kind: str, registry: Mapping[str, Any], name: Any) -> Any:
+    """Look ``name`` up in a registry, raising ``ValueError`` that lists the valid names."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a string, got {name!r} ({type(name).__name__})")
+    one_of(kind, name, registry)
+    return registry[name]

@@ -1,0 +1,113 @@
+"""Checkpoints: one file with model, optimizer, epoch, RNG states and config, written atomically.
+
+A checkpoint is data, never code: it holds only tensors, numbers, strings, lists and dicts, and is
+read with ``torch.load(..., weights_only=True)``. Writes go to a temporary file in the same folder,
+are flushed to disk, then renamed over the old file, so a crash or Ctrl-C at any moment leaves
+either the old checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "pvae-checkpoint"
+VERSION = 1
+REQUIRED = ("format", "version", "epoch", "step", "model", "optimizer", "rng", "history")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, truncated, of another format, or of another model."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Serialize ``state`` (plus format and version) and write it atomically to ``path``."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: if the file is missing, unreadable (corrupt or truncated), contains
+            anything but plain data, or lacks the checkpoint fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not a pvae checkpoint (expected format {FORMAT!r})"
+        )
+    if not isinstance(ckpt.get("version"), int) or ckpt["version"] > VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has version {ckpt.get('version')!r}; this pvae reads "
+            f"versions up to {VERSION}"
+        )
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks fields {missing}")
+    return ckpt
+
+
+def check_state_matches(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly ``module``'s keys and shapes."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or extra or shapes:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:4]}" if missing else "",
+                f"unexpected {extra[:4]}" if extra else "",
+                f"shape mismatch {shapes[:4]}" if shapes else "",
+            )
+            if part
+        )
+        raise CheckpointError(f"checkpoint {where} is from another model: {details}")

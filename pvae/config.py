@@ -1,0 +1,350 @@
+"""Configuration: dataclasses loadable from TOML, ``--set key=value`` overrides, and the registries
+that turn names into components. This is the only place names become objects.
+
+Sections: ``data``, ``model`` (with component tables ``prior``, ``likelihood``, ``encoder``,
+``decoder``, ``guide``: each ``{name = "...", <keyword arguments>}``), ``train`` and ``eval``.
+Unknown keys, names and keyword arguments raise ``ValueError`` listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+from torch import nn
+
+from pvae import datasets, guides, likelihoods, nets, priors
+from pvae._checks import lookup, one_of, positive_float, positive_int
+from pvae.model import VAE
+from pvae.objectives import OBJECTIVES
+
+__all__ = [
+    "ENCODERS",
+    "GUIDES",
+    "LIKELIHOODS",
+    "PRIORS",
+    "Config",
+    "build_vae",
+    "load_config",
+    "load_data",
+]
+
+PRIORS: Mapping[str, type[priors.Prior]] = {"standard_normal": priors.StandardNormal}
+LIKELIHOODS: Mapping[str, type[likelihoods.Likelihood]] = {
+    "bernoulli": likelihoods.Bernoulli,
+    "gaussian": likelihoods.Gaussian,
+}
+GUIDES: Mapping[str, Any] = {"diagonal": guides.DiagonalNormal}
+ENCODERS: Mapping[str, Callable[..., nn.Module]] = {
+    "mlp": lambda data_shape, out, **kw: nets.MLP(data_shape, out, **kw),
+    "conv": lambda data_shape, out, **kw: nets.ConvEncoder(data_shape, out, **kw),
+}
+DECODERS: Mapping[str, Callable[..., nn.Module]] = {
+    "mlp": lambda latent_dim, out_shape, **kw: nets.MLP(latent_dim, out_shape, **kw),
+    "conv": lambda latent_dim, out_shape, **kw: nets.ConvDecoder(latent_dim, out_shape, **kw),
+}
+# Keyword arguments each network accepts (the lambdas above hide the signatures).
+_NET_KWARGS = {
+    ("encoder", "mlp"): nets.MLP,
+    ("encoder", "conv"): nets.ConvEncoder,
+    ("decoder", "mlp"): nets.MLP,
+    ("decoder", "conv"): nets.ConvDecoder,
+}
+_NET_POSITIONAL = {"in_shape", "out_shape", "out_features", "latent_dim"}
+OPTIMIZERS = ("adam", "clipped_adam")
+
+
+def _table(name: str, **kw: Any) -> Callable[[], dict[str, Any]]:
+    return lambda: {"name": name, **kw}
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: which dataset, how to binarize it, how to split it."""
+
+    name: str = "digits"
+    binarize: str = "dynamic"
+    path: str | None = None
+    root: str | None = None
+    download: bool = True
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """``[model]``: latent size and one table per component."""
+
+    latent_dim: int = 8
+    prior: dict[str, Any] = field(default_factory=_table("standard_normal"))
+    likelihood: dict[str, Any] = field(default_factory=_table("bernoulli"))
+    encoder: dict[str, Any] = field(default_factory=_table("mlp", hidden=[256, 128]))
+    decoder: dict[str, Any] = field(default_factory=_table("mlp", hidden=[128, 256]))
+    guide: dict[str, Any] = field(default_factory=_table("diagonal"))
+
+
+@dataclass
+class TrainConfig:
+    """``[train]``: objective, optimizer and loop settings."""
+
+    objective: str = "meanfield_elbo"
+    num_particles: int = 1
+    vectorize_particles: bool = False
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    clip_norm: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """``[eval]``: evaluation settings."""
+
+    k: int = 5000
+    num_samples: int = 1
+    batch_size: int = 1024
+
+
+@dataclass
+class Config:
+    """A whole run's configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Config:
+        """Build a config from nested mappings, rejecting unknown sections and keys."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"config must be a mapping, got {type(d).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        for key in d:
+            one_of("config section", key, sections)
+        kwargs = {}
+        for name, f in sections.items():
+            section_cls = f.default_factory  # type: ignore[misc]
+            given = d.get(name, {})
+            if not isinstance(given, Mapping):
+                raise TypeError(f"config section [{name}] must be a table, got {given!r}")
+            valid = {sf.name for sf in dataclasses.fields(section_cls)}
+            for key in given:
+                one_of(f"key in [{name}]", key, valid)
+            base = dataclasses.asdict(section_cls())
+            for key, value in given.items():
+                default = base.get(key)
+                # A component table keeps the default keyword arguments only while it keeps the
+                # default component.
+                if (
+                    isinstance(default, dict)
+                    and isinstance(value, Mapping)
+                    and value.get("name", default["name"]) == default["name"]
+                ):
+                    value = {**default, **value}
+                base[key] = copy.deepcopy(value)
+            kwargs[name] = section_cls(**base)
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check values and registry names (not the components' keyword arguments)."""
+        d, m, t, e = self.data, self.model, self.train, self.eval
+        if d.name not in datasets.DATASETS:
+            lookup("dataset", datasets.DATASETS, d.name)
+        one_of("data.binarize", d.binarize, datasets.BINARIZE)
+        positive_int("model.latent_dim", m.latent_dim)
+        for kind, reg in (
+            ("prior", PRIORS),
+            ("likelihood", LIKELIHOODS),
+            ("encoder", ENCODERS),
+            ("decoder", DECODERS),
+            ("guide", GUIDES),
+        ):
+            table = getattr(m, kind)
+            if not isinstance(table, Mapping) or "name" not in table:
+                raise ValueError(f"model.{kind} must be a table with a 'name', got {table!r}")
+            lookup(f"model.{kind}.name", reg, table["name"])
+        lookup("train.objective", OBJECTIVES, t.objective)
+        one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+        positive_int("train.epochs", t.epochs)
+        positive_int("train.batch_size", t.batch_size)
+        positive_int("train.num_particles", t.num_particles)
+        positive_float("train.lr", t.lr)
+        if t.clip_norm is not None:
+            positive_float("train.clip_norm", t.clip_norm)
+        positive_int("eval.k", e.k)
+        positive_int("eval.num_samples", e.num_samples)
+        positive_int("eval.batch_size", e.batch_size)
+
+
+# -- TOML in and out ------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML (numbers, booleans, lists, quoted strings), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides to a nested dict (a copy is returned)."""
+    d = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value (e.g. train.epochs=5), got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ValueError(f"--set key must be section.key (e.g. train.lr), got {key!r}")
+        node = d
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {p!r} is not a table")
+        node[parts[-1]] = _parse_value(text.strip())
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        try:
+            d = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+    base = Config.from_dict(d).to_dict()
+    if overrides:
+        # Component tables switch wholesale when their name changes, so stale keyword arguments
+        # of the old component do not leak into the new one.
+        for item in overrides:
+            key = item.split("=", 1)[0].strip().split(".")
+            if len(key) == 3 and key[0] == "model" and key[2] == "name":
+                base["model"][key[1]] = {}
+        return Config.from_dict(apply_overrides(base, overrides))
+    return Config.from_dict(base)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        if isinstance(v, float) and not math.isfinite(v):
+            return {math.inf: "inf", -math.inf: "-inf"}.get(v, "nan")
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(d: Mapping[str, Any], prefix: str = "") -> str:
+    """Write nested dicts of scalars and lists as TOML (``None`` values are omitted)."""
+    lines = [
+        f"{k} = {_toml_value(v)}"
+        for k, v in d.items()
+        if not isinstance(v, Mapping) and v is not None
+    ]
+    out = []
+    if lines:
+        out.append((f"[{prefix}]\n" if prefix else "") + "\n".join(lines) + "\n")
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.append(dumps_toml(v, f"{prefix}.{k}" if prefix else k))
+    return "\n".join(out)
+
+
+# -- building -------------------------------------------------------------------------------------
+def _instantiate(kind: str, cls: Callable[..., Any], kwargs: Mapping[str, Any], **fixed: Any):
+    """Call ``cls(**fixed, **kwargs)``, rejecting keyword arguments it does not accept."""
+    params = inspect.signature(cls).parameters
+    valid = sorted(
+        p
+        for p in params
+        if p not in fixed
+        and p not in _NET_POSITIONAL
+        and params[p].kind not in (params[p].VAR_KEYWORD, params[p].VAR_POSITIONAL)
+    )
+    for key in kwargs:
+        if key not in valid:
+            raise ValueError(
+                f"unknown keyword argument {key!r} for model.{kind}; valid: "
+                f"{', '.join(valid) if valid else '(none)'}"
+            )
+    return cls(**fixed, **kwargs)
+
+
+def _split(table: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    kw = dict(table)
+    return kw.pop("name"), kw
+
+
+def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> VAE:
+    """Build the VAE a ``[model]`` section describes, for datapoints of shape ``data_shape``."""
+    data_shape = tuple(data_shape)
+    latent = positive_int("model.latent_dim", model.latent_dim)
+    name, kw = _split(model.prior)
+    prior = _instantiate("prior", lookup("model.prior.name", PRIORS, name), kw, latent_dim=latent)
+    name, kw = _split(model.likelihood)
+    lik = _instantiate("likelihood", lookup("model.likelihood.name", LIKELIHOODS, name), kw)
+    gname, gkw = _split(model.guide)
+    guide_cls = lookup("model.guide.name", GUIDES, gname)
+    name, kw = _split(model.encoder)
+    make = lookup("model.encoder.name", ENCODERS, name)
+    _check_net_kwargs("encoder", name, kw)
+    enc_net = make(data_shape, guide_cls.num_params(latent), **kw)
+    encoder = _instantiate("guide", guide_cls, gkw, net=enc_net, latent_dim=latent)
+    name, kw = _split(model.decoder)
+    make = lookup("model.decoder.name", DECODERS, name)
+    _check_net_kwargs("decoder", name, kw)
+    decoder = make(latent, lik.param_shape(data_shape), **kw)
+    return VAE(prior, lik, encoder, decoder, data_shape=data_shape)
+
+
+def _check_net_kwargs(kind: str, name: str, kw: Mapping[str, Any]) -> None:
+    params = inspect.signature(_NET_KWARGS[(kind, name)]).parameters
+    valid = sorted(p for p in params if p not in _NET_POSITIONAL)
+    for key in kw:
+        if key not in valid:
+            raise ValueError(
+                f"unknown keyword argument {key!r} for model.{kind} {name!r}; valid: "
+                f"{', '.join(valid)}"
+            )
+
+
+def load_data(data: DataConfig) -> datasets.DataSplits:
+    """Load the dataset a ``[data]`` section describes."""
+    kwargs: dict[str, Any] = {}
+    if data.name in ("mnist", "fashion-mnist"):
+        kwargs = {"root": data.root, "download": data.download}
+    elif data.name == "file":
+        kwargs = {"path": data.path}
+    return datasets.load(
+        data.name,
+        data.binarize,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=data.seed,
+        **kwargs,
+    )

@@ -1,0 +1,177 @@
+r"""The VAE as a Pyro model/guide pair over swappable components.
+
+.. math::
+
+    p_\theta(x, z) = p(z)\, p_\theta(x \mid z), \qquad q_\phi(z \mid x)
+
+``VAE.model(x)`` samples the prior and observes x through the likelihood inside
+``pyro.plate("data", size, subsample=...)``; ``VAE.guide(x)`` samples the amortized encoder in the
+same plate. With a minibatch of B out of N datapoints the plate scales every log density by N / B,
+so the minibatch loss is an unbiased estimate of the full-data ELBO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from pvae import nets
+from pvae._checks import positive_int
+from pvae.guides import DiagonalNormal
+from pvae.likelihoods import Bernoulli, Likelihood
+from pvae.priors import Prior
+
+__all__ = ["VAE"]
+
+
+class VAE(PyroModule):
+    r"""Variational autoencoder over a prior, a likelihood, an encoder (guide) and a decoder.
+
+    Components are plain ``nn.Module`` objects, so their parameters are ordinary module
+    parameters: train them with a torch optimizer over ``vae.parameters()`` (what
+    :func:`pvae.fit` does). Pyro's global param store is never used, so two VAEs in one notebook
+    do not share or overwrite each other's weights.
+
+    Args:
+        prior: p(z), a :class:`pvae.priors.Prior`.
+        likelihood: p(x | z) given decoder output; :class:`pvae.likelihoods.Bernoulli` by default.
+        encoder: The amortized guide, x to a distribution over z. Defaults to a diagonal Gaussian
+            over an MLP, built when the data shape is known.
+        decoder: z of shape ``(..., D)`` to likelihood parameters of shape
+            ``(..., *likelihood.param_shape(data_shape))``. Defaults to an MLP.
+        data_shape: Shape of one datapoint. If omitted, :func:`pvae.fit` infers it from the data.
+        hidden: Hidden widths of the default MLP encoder and decoder.
+
+    Example:
+        >>> import torch, pyro, pvae
+        >>> vae = pvae.VAE(pvae.priors.StandardNormal(2), data_shape=(1, 8, 8))
+        >>> loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide,
+        ...                                                   torch.ones(5, 1, 8, 8))
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        likelihood: Likelihood | None = None,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        data_shape: Sequence[int] | None = None,
+        hidden: Sequence[int] = (256, 128),
+    ) -> None:
+        super().__init__()
+        if not isinstance(prior, nn.Module) or not hasattr(prior, "latent_dim"):
+            raise TypeError(f"prior must be a pvae.priors.Prior module, got {type(prior).__name__}")
+        self.prior = prior
+        self.likelihood = likelihood if likelihood is not None else Bernoulli()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.hidden = tuple(hidden)
+        self.data_shape: tuple[int, ...] | None = None
+        if data_shape is not None:
+            self.build(data_shape)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.prior.latent_dim)
+
+    @property
+    def is_built(self) -> bool:
+        return self.data_shape is not None and self.encoder is not None and self.decoder is not None
+
+    def build(self, data_shape: Sequence[int]) -> VAE:
+        """Fix the data shape, creating default MLP encoder/decoder where none was given.
+
+        Idempotent for the same shape; raises ``ValueError`` for another one.
+        """
+        shape = tuple(positive_int("data_shape entries", s) for s in data_shape)
+        if self.data_shape is not None:
+            if shape != self.data_shape:
+                raise ValueError(
+                    f"data shape {shape} does not match the shape this VAE was built for, "
+                    f"{self.data_shape}"
+                )
+            return self
+        self.data_shape = shape
+        param_shape = self.likelihood.param_shape(shape)
+        if self.encoder is None:
+            width = DiagonalNormal.num_params(self.latent_dim)
+            self.encoder = DiagonalNormal(nets.MLP(shape, width, self.hidden), self.latent_dim)
+        if self.decoder is None:
+            self.decoder = nets.MLP(self.latent_dim, param_shape, tuple(reversed(self.hidden)))
+        return self
+
+    def check_compatible(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless encoder and decoder fit data like ``x`` (a dry run)."""
+        if not self.is_built:
+            raise ValueError("the VAE is not built: call vae.build(data_shape) or pvae.fit first")
+        shape = tuple(x.shape[1:])
+        if shape != self.data_shape:
+            raise ValueError(
+                f"data has datapoints of shape {shape}, but the VAE was built for {self.data_shape}"
+            )
+        with torch.no_grad():
+            q = self.encode(x[:2])
+            if q.event_shape != (self.latent_dim,):
+                raise ValueError(
+                    f"encoder must return a distribution with event shape ({self.latent_dim},),"
+                    f" got {tuple(q.event_shape)}"
+                )
+            out = tuple(self.decoder(q.mean).shape[1:])
+        want = self.likelihood.param_shape(self.data_shape)
+        if out != tuple(want):
+            raise ValueError(
+                f"decoder output shape {out} does not match the likelihood's parameter shape "
+                f"{tuple(want)} for data of shape {self.data_shape}"
+            )
+
+    # -- the three distributions, usable without Pyro -------------------------------------------
+    def encode(self, x: Tensor) -> dist.TorchDistribution:
+        """q(z | x) for a batch of x."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> dist.TorchDistribution:
+        """p(x | z) for z of shape ``(..., D)``."""
+        return self.likelihood(self.decoder(z), len(self.data_shape))
+
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """E[x | z], for reconstruction and sample grids."""
+        return self.likelihood.mean(self.decoder(z), len(self.data_shape))
+
+    # -- Pyro program ----------------------------------------------------------------------------
+    @staticmethod
+    def _plate(x: Tensor, size: int | None, subsample: Tensor | None) -> pyro.plate:
+        if size is None:
+            return pyro.plate("data", x.shape[0], dim=-1)
+        if subsample is None:
+            # Only the minibatch size matters for the N / B scale; avoid a randperm of size N.
+            subsample = torch.arange(x.shape[0], device=x.device)
+        return pyro.plate("data", size, subsample=subsample, dim=-1)
+
+    def model(
+        self, x: Tensor, size: int | None = None, subsample: Tensor | None = None, **_: Any
+    ) -> Tensor:
+        """p(z) p(x | z) for a minibatch ``x`` out of ``size`` datapoints.
+
+        Args:
+            x: Minibatch of shape ``(B, *data_shape)``.
+            size: Size N of the whole dataset; the plate scales log densities by N / B.
+            subsample: Indices of the minibatch in the dataset (optional).
+        """
+        with self._plate(x, size, subsample):
+            z = pyro.sample("z", self.prior())
+            return pyro.sample("x", self.decode(z), obs=x)
+
+    def guide(
+        self, x: Tensor, size: int | None = None, subsample: Tensor | None = None, **_: Any
+    ) -> Tensor:
+        """q(z | x) in the same ``"data"`` plate as :meth:`model`."""
+        with self._plate(x, size, subsample):
+            return pyro.sample("z", self.encode(x))

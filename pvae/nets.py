@@ -1,0 +1,194 @@
+"""Plain PyTorch networks for encoders and decoders.
+
+Every network maps inputs with any number of leading batch dimensions (datapoints, particles) to
+outputs with the same leading dimensions, so one decoder serves a minibatch, ``k`` importance
+samples per datapoint, or vectorized ELBO particles alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pvae._checks import lookup, positive_int
+
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+}
+
+
+def _shape(name: str, shape: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    shape = tuple(shape)
+    if not shape:
+        raise ValueError(f"{name} must be a non-empty shape, got {shape}")
+    for s in shape:
+        positive_int(f"{name} entries", s)
+    return shape
+
+
+def _activation(activation: str | Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    if isinstance(activation, str):
+        return lookup("activation", ACTIVATIONS, activation)
+    return activation
+
+
+class MLP(nn.Module):
+    """Multilayer perceptron from inputs of shape ``in_shape`` to outputs of shape ``out_shape``.
+
+    Args:
+        in_shape: Shape of one input (flattened internally).
+        out_shape: Shape of one output.
+        hidden: Widths of the hidden layers.
+        activation: Name in :data:`ACTIVATIONS` or a module class.
+
+    Example:
+        >>> import torch
+        >>> MLP((1, 8, 8), 4, hidden=(16,))(torch.zeros(5, 3, 1, 8, 8)).shape
+        torch.Size([5, 3, 4])
+    """
+
+    def __init__(
+        self,
+        in_shape: int | Sequence[int],
+        out_shape: int | Sequence[int],
+        hidden: Sequence[int] = (256, 128),
+        activation: str | Callable[[], nn.Module] = "relu",
+    ) -> None:
+        super().__init__()
+        self.in_shape = _shape("in_shape", in_shape)
+        self.out_shape = _shape("out_shape", out_shape)
+        act = _activation(activation)
+        widths = [math.prod(self.in_shape), *(positive_int("hidden", h) for h in hidden)]
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(widths):
+            layers += [nn.Linear(a, b), act()]
+        layers.append(nn.Linear(widths[-1], math.prod(self.out_shape)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[: x.dim() - len(self.in_shape)]
+        y = self.net(x.reshape(*batch, -1))
+        return y.reshape(*batch, *self.out_shape)
+
+
+def _downsampled(size: int, n: int) -> list[int]:
+    """Spatial sizes after each of ``n`` stride-2, kernel-3, padding-1 convolutions."""
+    sizes = [size]
+    for _ in range(n):
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Strided convolutions then a linear layer: images ``(C, H, W)`` to ``out_features``.
+
+    Each convolution halves H and W (rounding up), so any image size works.
+
+    Args:
+        in_shape: ``(C, H, W)`` of one image.
+        out_features: Output width (e.g. the guide's parameter count).
+        channels: Channels of the successive stride-2 convolutions.
+        activation: Name in :data:`ACTIVATIONS` or a module class.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_features: int,
+        channels: Sequence[int] = (32, 64),
+        activation: str | Callable[[], nn.Module] = "relu",
+    ) -> None:
+        super().__init__()
+        self.in_shape = _shape("in_shape", in_shape)
+        if len(self.in_shape) != 3:
+            raise ValueError(f"in_shape must be (C, H, W) for a conv encoder, got {self.in_shape}")
+        act = _activation(activation)
+        c, h, w = self.in_shape
+        layers: list[nn.Module] = []
+        for ch in channels:
+            layers += [nn.Conv2d(c, positive_int("channels", ch), 3, stride=2, padding=1), act()]
+            c = ch
+        hs, ws = _downsampled(h, len(channels)), _downsampled(w, len(channels))
+        layers += [nn.Flatten(), nn.Linear(c * hs[-1] * ws[-1], positive_int("out", out_features))]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[:-3]
+        y = self.net(x.reshape(-1, *self.in_shape))
+        return y.reshape(*batch, -1)
+
+
+class ConvDecoder(nn.Module):
+    """A linear layer then transposed convolutions: ``latent_dim`` to images ``out_shape``.
+
+    Mirrors :class:`ConvEncoder`: output paddings are chosen so the output is exactly
+    ``(C, H, W)`` for any H and W.
+
+    Args:
+        latent_dim: Dimension of z.
+        out_shape: ``(C, H, W)`` of the decoder output (the likelihood's parameter shape).
+        channels: Channels entering the successive stride-2 transposed convolutions.
+        activation: Name in :data:`ACTIVATIONS` or a module class.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        out_shape: Sequence[int],
+        channels: Sequence[int] = (64, 32),
+        activation: str | Callable[[], nn.Module] = "relu",
+    ) -> None:
+        super().__init__()
+        self.latent_dim = positive_int("latent_dim", latent_dim)
+        self.out_shape = _shape("out_shape", out_shape)
+        if len(self.out_shape) != 3:
+            raise ValueError(f"out_shape must be (C, H, W) for a conv decoder, got {out_shape}")
+        act = _activation(activation)
+        c_out, h, w = self.out_shape
+        channels = [positive_int("channels", c) for c in channels]
+        hs, ws = _downsampled(h, len(channels)), _downsampled(w, len(channels))
+        self.start = (channels[0], hs[-1], ws[-1])
+        self.fc = nn.Sequential(nn.Linear(self.latent_dim, math.prod(self.start)), act())
+        layers: list[nn.Module] = []
+        outs = [*channels[1:], c_out]
+        for i, (c_in, c_next) in enumerate(zip(channels, outs, strict=True)):
+            level = len(channels) - i  # spatial index we upsample from
+            op = (hs[level - 1] - 2 * hs[level] + 1, ws[level - 1] - 2 * ws[level] + 1)
+            layers.append(nn.ConvTranspose2d(c_in, c_next, 3, 2, padding=1, output_padding=op))
+            if i < len(channels) - 1:
+                layers.append(act())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        batch = z.shape[:-1]
+        y = self.fc(z.reshape(-1, self.latent_dim)).reshape(-1, *self.start)
+        return self.net(y).reshape(*batch, *self.out_shape)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe(module: nn.Module) -> str:
+    """One line: class name and parameter count."""
+    return f"{type(module).__name__}({_count(module):,} parameters)"
+
+
+@torch.no_grad()
+def output_shape(net: nn.Module, in_shape: Sequence[int], like: Tensor) -> tuple[int, ...]:
+    """Shape of ``net``'s output for one input of shape ``in_shape`` (a dry run on zeros)."""
+    return tuple(net(torch.zeros(2, *in_shape, dtype=like.dtype, device=like.device)).shape[1:])

@@ -1,0 +1,102 @@
+"""Runs on disk: train from a :class:`~pvae.config.Config` into a folder, and rebuild a trained
+model from that folder (config + checkpoint) exactly as it was trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import tomllib
+import torch
+
+from pvae.checkpoint import CheckpointError, atomic_write_bytes
+from pvae.config import Config, build_vae, dumps_toml, load_data
+from pvae.datasets import DataSplits
+from pvae.model import VAE
+from pvae.train import CHECKPOINT, FitResult, fit, load_run_state, resolve_device
+
+__all__ = ["Run", "load_run", "train_from_config"]
+
+CONFIG = "config.toml"
+
+
+@dataclass
+class Run:
+    """A trained run rebuilt from disk."""
+
+    path: Path
+    config: Config
+    vae: VAE
+    data: DataSplits
+    checkpoint: dict[str, Any]
+
+
+def train_from_config(
+    cfg: Config, run_dir: str | Path, *, resume: bool = False, data: DataSplits | None = None
+) -> FitResult:
+    """Build data and model from ``cfg`` and train into ``run_dir`` (writing ``config.toml``).
+
+    Everything that can fail on bad input (config, data, model shapes) fails before the folder is
+    created, so a rejected run leaves nothing behind.
+    """
+    run_path = Path(run_dir)
+    if not resume and (run_path / CHECKPOINT).exists():
+        raise ValueError(
+            f"run folder {str(run_path)!r} already holds a checkpoint; use --resume {run_path} "
+            "or another --out"
+        )
+    data = data if data is not None else load_data(cfg.data)
+    t = cfg.train
+    pyro.set_rng_seed(t.seed)  # seeds the initial weights
+    vae = build_vae(cfg.model, data.data_shape)
+    kwargs = dict(
+        objective=t.objective,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        clip_norm=t.clip_norm,
+        num_particles=t.num_particles,
+        vectorize_particles=t.vectorize_particles,
+        seed=t.seed,
+        device=t.device,
+        progress=t.progress,
+        eval_batch_size=cfg.eval.batch_size,
+        config=cfg.to_dict(),
+    )
+    # A dry run of the shape checks fit() makes, before anything is written.
+    vae.check_compatible(data.train.x[:2])
+    run_path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_path / CONFIG, dumps_toml(cfg.to_dict()).encode())
+    return fit(vae, data, run_dir=run_path, resume=resume, **kwargs)
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """The :class:`Config` stored in a run folder."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a pvae run folder: {CONFIG} is missing")
+    return Config.from_dict(tomllib.loads(path.read_text()))
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model, data and checkpoint of a run folder written by ``pvae train``.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, corrupt, or does not fit the config's model.
+    """
+    run_path = Path(run_dir)
+    cfg = read_run_config(run_path)
+    data = load_data(cfg.data)
+    vae = build_vae(cfg.model, data.data_shape)
+    dev = resolve_device(device)
+    ckpt = load_run_state(run_path, vae, map_location=dev)
+    if ckpt.get("config") is not None and ckpt["config"].get("model") != cfg.to_dict()["model"]:
+        raise CheckpointError(
+            f"{run_path / CHECKPOINT} was written for another model than {run_path / CONFIG} "
+            "describes"
+        )
+    vae.to(dev).eval()
+    return Run(run_path, cfg, vae, data, ckpt)

@@ -1,0 +1,390 @@
+r"""Training: stochastic variational inference over a VAE's model/guide pair.
+
+Each step evaluates one of Pyro's ELBO estimators on a minibatch inside the ``"data"`` plate
+(scaled by N / B, an unbiased estimate of the full-data ELBO), divides by N so the loss is the
+negative ELBO *per datapoint* (learning rates and gradient clipping then do not depend on the
+dataset size), and takes a torch optimizer step over ``vae.parameters()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.optim.clipped_adam
+import torch
+from torch import Tensor
+
+from pvae import images
+from pvae._checks import one_of, positive_float, positive_int
+from pvae.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    check_state_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pvae.datasets import DataSplits, Split
+from pvae.evaluation.elbo import evaluate_elbo
+from pvae.model import VAE
+from pvae.objectives import make_objective
+
+__all__ = ["FitResult", "TrainingDivergedError", "fit", "resolve_device"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        vae: The trained model (on the training device).
+        history: One dict per epoch: ``epoch``, ``step``, ``train_elbo`` and, with a validation
+            split, ``val_elbo``, ``val_elbo_se``, ``val_recon``, ``val_kl`` (nats per datapoint).
+        run_dir: Where the checkpoint, metrics and pictures were written, if anywhere.
+    """
+
+    vae: VAE
+    history: list[dict[str, float]] = field(default_factory=list)
+    run_dir: Path | None = None
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available here")
+    return dev
+
+
+def _as_splits(data: Any) -> tuple[Split, Split | None]:
+    if isinstance(data, DataSplits):
+        return data.train, data.val
+    if isinstance(data, Split):
+        return data, None
+    from pvae.datasets import _as_float
+
+    return Split(_as_float("data", data), None), None
+
+
+def _make_optimizer(
+    name: str, params: Any, lr: float, clip_norm: float | None
+) -> torch.optim.Optimizer:
+    one_of("optimizer", name, ("adam", "clipped_adam"))
+    if name == "clipped_adam":
+        # Pyro's ClippedAdam clips each gradient elementwise to [-clip_norm, clip_norm].
+        return pyro.optim.clipped_adam.ClippedAdam(params, lr=lr, clip_norm=clip_norm or 10.0)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # The shuffle of epoch e depends only on (seed, e), so resuming needs no loader state.
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
+    atomic_write_bytes(run_dir / METRICS, (json.dumps(history, indent=1) + "\n").encode())
+
+
+def _check_data(vae: VAE, split: Split, name: str) -> None:
+    # Dynamic binarization draws are binary by construction; their intensities were range-checked
+    # when the split was made, so checking one draw covers every epoch.
+    vae.likelihood.check_data(split.observed(), name=name)
+
+
+def fit(
+    vae: VAE,
+    data: DataSplits | Split | Tensor | Any,
+    *,
+    objective: str | pyro.infer.ELBO = "meanfield_elbo",
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    clip_norm: float | None = None,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    eval_batch_size: int = 1024,
+    config: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train ``vae`` on ``data`` by stochastic variational inference.
+
+    Args:
+        vae: The model; built for the data's shape here if it is not yet.
+        data: :class:`~pvae.datasets.DataSplits` (validation ELBO is reported each epoch), one
+            :class:`~pvae.datasets.Split`, or an array/tensor of shape ``(N, ...)``.
+        objective: ``"elbo"`` (``Trace_ELBO``), ``"meanfield_elbo"`` (``TraceMeanField_ELBO``,
+            analytic KL), or any Pyro ELBO instance.
+        epochs: Total number of epochs (including those already done when resuming).
+        batch_size: Minibatch size; the last batch of an epoch may be smaller.
+        lr: Learning rate.
+        optimizer: ``"adam"`` or ``"clipped_adam"`` (Pyro's ClippedAdam).
+        clip_norm: With Adam, clip the global gradient norm to this; with ClippedAdam, its
+            elementwise clip value.
+        num_particles: Samples of z per datapoint in each ELBO estimate.
+        vectorize_particles: Draw those samples in one batched pass.
+        seed: Seeds parameter initialization (for default networks), shuffling and sampling.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        run_dir: Folder for ``checkpoint.pt`` (every epoch), ``metrics.json`` and PNG grids.
+        resume: Continue from ``run_dir/checkpoint.pt``.
+        progress: Show a progress bar and one line per epoch.
+        eval_batch_size: Datapoints per chunk in validation.
+        config: The run's configuration, stored in the checkpoint.
+        on_epoch: Called with each epoch's record.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/inf (the message names epoch and step; the
+            last good checkpoint is kept).
+    """
+    epochs = positive_int("epochs", epochs)
+    batch_size = positive_int("batch_size", batch_size)
+    eval_batch_size = positive_int("eval_batch_size", eval_batch_size)
+    lr = positive_float("lr", lr)
+    if clip_norm is not None:
+        clip_norm = positive_float("clip_norm", clip_norm)
+    one_of("optimizer", optimizer, ("adam", "clipped_adam"))
+    elbo = make_objective(objective, num_particles, vectorize_particles)
+    if not isinstance(vae, VAE):
+        raise TypeError(f"vae must be a pvae.VAE, got {type(vae).__name__}")
+    dev = resolve_device(device)
+    train, val = _as_splits(data)
+    if len(train) == 0:
+        raise ValueError("data is empty: the training split has no datapoints")
+    run_path = Path(run_dir) if run_dir is not None else None
+    if resume and run_path is None:
+        raise ValueError("resume=True needs run_dir, the folder holding checkpoint.pt")
+    if run_path is not None and not resume and (run_path / CHECKPOINT).exists():
+        raise ValueError(
+            f"run_dir {str(run_path)!r} already holds a checkpoint; resume it (resume=True, "
+            "`pvae train --resume RUN`) or choose another folder"
+        )
+
+    pyro.set_rng_seed(seed)
+    vae.build(train.data_shape)
+    _check_data(vae, train, "data")
+    if val is not None:
+        _check_data(vae, val, "validation data")
+    vae.to(dev)
+    train, val = train.to(dev), (val.to(dev) if val is not None else None)
+    vae.check_compatible(train.x[:2])
+    opt = _make_optimizer(optimizer, vae.parameters(), lr, clip_norm)
+
+    history: list[dict[str, float]] = []
+    start_epoch, step = 1, 0
+    if resume:
+        ckpt = load_checkpoint(run_path / CHECKPOINT, map_location=dev)
+        check_state_matches(vae, ckpt["model"], str(run_path / CHECKPOINT))
+        vae.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"])
+        history, start_epoch, step = list(ckpt["history"]), ckpt["epoch"] + 1, ckpt["step"]
+        config = config if config is not None else ckpt.get("config")
+
+    def checkpoint(epoch: int) -> None:
+        if run_path is None:
+            return
+        save_checkpoint(
+            run_path / CHECKPOINT,
+            {
+                "epoch": epoch,
+                "step": step,
+                "model": vae.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": _rng_state(),
+                "history": history,
+                "config": config,
+                "data_shape": list(vae.data_shape),
+            },
+        )
+        _write_metrics(run_path, history)
+
+    if run_path is not None and not resume:
+        run_path.mkdir(parents=True, exist_ok=True)
+        checkpoint(0)  # a last good checkpoint exists from the start
+
+    n = len(train)
+    bar = _progress(progress, total=(epochs - start_epoch + 1) * math.ceil(n / batch_size))
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, epochs + 1):
+            t0 = time.perf_counter()
+            vae.train()
+            losses = []
+            gen = _epoch_generator(seed, epoch)
+            try:
+                for idx, x in train.batches(batch_size, shuffle=True, generator=gen):
+                    loss = (
+                        elbo.differentiable_loss(vae.model, vae.guide, x, size=n, subsample=idx) / n
+                    )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if clip_norm is not None and optimizer == "adam":
+                        torch.nn.utils.clip_grad_norm_(vae.parameters(), clip_norm)
+                    opt.step()
+                    losses.append(loss.detach() * x.shape[0])
+                    step += 1
+                    if bar is not None:
+                        bar.update(1)
+            except (ValueError, RuntimeError) as err:
+                # Non-finite parameters make the next step fail inside distribution validation;
+                # report that as the divergence it is, at the step where it began.
+                _raise_if_diverged(losses, vae, epoch, step, run_path, cause=err)
+                raise
+            # One device sync per epoch: the NaN check and the epoch mean together.
+            _raise_if_diverged(losses, vae, epoch, step, run_path)
+            per_step = torch.stack(losses)
+            record: dict[str, float] = {
+                "epoch": epoch,
+                "step": step,
+                "train_elbo": float(-per_step.sum() / n),
+            }
+            if val is not None:
+                vae.eval()
+                s = evaluate_elbo(vae, val.observed(), batch_size=eval_batch_size).summary()
+                record.update(
+                    val_elbo=s["elbo"],
+                    val_elbo_se=s["elbo_se"],
+                    val_recon=s["recon"],
+                    val_kl=s["kl"],
+                )
+            history.append(record)
+            checkpoint(epoch)
+            if progress:
+                line = f"epoch {epoch:>4}/{epochs}  train ELBO {record['train_elbo']:10.3f}"
+                if "val_elbo" in record:
+                    line += f"  val ELBO {record['val_elbo']:10.3f} ± {record['val_elbo_se']:.3f}"
+                _write(bar, f"{line}  ({time.perf_counter() - t0:.2f}s)")
+            if on_epoch is not None:
+                on_epoch(record)
+    except KeyboardInterrupt:
+        if run_path is not None:
+            _write(
+                bar,
+                f"interrupted in epoch {epoch}; checkpoint of epoch {epoch - 1} kept in "
+                f"{run_path} (continue with resume)",
+            )
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    vae.eval()
+    if run_path is not None:
+        shown = (val if val is not None else train).observed()
+        images.reconstruction_grid(vae, shown, run_path / "reconstructions.png")
+        images.sample_grid(vae, run_path / "samples.png")
+    return FitResult(vae, history, run_path)
+
+
+def _raise_if_diverged(
+    losses: list[Tensor],
+    vae: VAE,
+    epoch: int,
+    step: int,
+    run_path: Path | None,
+    cause: BaseException | None = None,
+) -> None:
+    """Raise :class:`TrainingDivergedError` if a loss or a parameter became NaN/inf."""
+    bad = (
+        [i for i, v in enumerate(torch.stack(losses).tolist()) if not math.isfinite(v)]
+        if losses
+        else []
+    )
+    if bad:
+        first = bad[0]
+        what = f"loss became {losses[first].item():.4g} at epoch {epoch}, step {first + 1}"
+        global_step = step - len(losses) + first + 1
+    elif any(not bool(torch.isfinite(p).all()) for p in vae.parameters()):
+        first = len(losses)
+        what = f"parameters became non-finite at epoch {epoch}, step {first}"
+        global_step = step
+    else:
+        return
+    kept = (
+        f"; the last good checkpoint (epoch {epoch - 1}) in {run_path} is kept"
+        if run_path is not None
+        else ""
+    )
+    raise TrainingDivergedError(
+        f"{what} of the epoch (global step {global_step}){kept}; lower train.lr, set "
+        "train.clip_norm, or check the data"
+    ) from cause
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
+
+
+def _write(bar: Any, line: str) -> None:
+    if bar is not None:
+        bar.write(line)
+    else:
+        print(line)
+
+
+def load_run_state(run_dir: str | Path, vae: VAE, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load ``run_dir/checkpoint.pt`` (or a checkpoint file) into ``vae``; return the checkpoint."""
+    path = Path(run_dir)
+    path = path / CHECKPOINT if path.is_dir() else path
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if vae.data_shape is None and "data_shape" in ckpt:
+        vae.build(ckpt["data_shape"])
+    check_state_matches(vae, ckpt["model"], str(path))
+    vae.load_state_dict(ckpt["model"])
+    return ckpt
+
+
+__all__ += ["CheckpointError", "load_run_state"]

@@ -1,0 +1,122 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pvae.cli import main
+
+QUICK = [
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "model.latent_dim=3",
+    "--set",
+    "train.device=cpu",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), *QUICK]) == 0
+    return out
+
+
+def test_evaluate_json_is_one_object(run_dir, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--split", "val", "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["split"] == "val" and out["n"] == 144 and out["epoch"] == 2
+    assert -60 < out["elbo"] < 0 and out["elbo_se"] > 0 and out["analytic_kl"] is True
+    assert out["elbo"] == pytest.approx(out["recon"] - out["kl"], rel=1e-5)
+
+
+def test_sample_writes_a_png_grid(run_dir, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "sample",
+                str(run_dir),
+                "-n",
+                "16",
+                "--out",
+                str(tmp_path / "s.png"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    with Image.open(tmp_path / "s.png") as im:
+        assert im.format == "PNG" and im.size[0] > 8 * 8
+
+
+def test_resume_extends_a_run(run_dir, capsys):
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(run_dir),
+                "--set",
+                "train.epochs=3",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["epoch"] == 3
+    assert len(json.loads((run_dir / "metrics.json").read_text())) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--set", "model.prior.name=vampp"], "unknown model.prior.name 'vampp'"),
+        (["--set", "data.name=cifar10"], "unknown dataset 'cifar10'"),
+        (["--set", "train.batch_size=0"], "train.batch_size must be a positive integer, got 0"),
+        (["--set", "model.encoder.hidden=[0]"], "hidden must be a positive integer, got 0"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(argv, match, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--out", str(out), *argv, "--no-progress"]) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "is not a pvae run folder" in capsys.readouterr().err
+
+
+def test_installed_command_and_module_entry_point(tmp_path):
+    exe = Path(sys.executable).with_name("pvae")
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
+    assert "train" in proc.stdout and "evaluate" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "pvae", "sample", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "-n N" in proc.stdout
+
+
+def test_readme_opens_with_the_two_commands_ci_runs():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in readme.strip().splitlines()]
+    assert commands == ["make run", "make test"]
+    ci = [
+        line.strip()
+        for line in (root / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert "make test" in ci and "make run" in ci

@@ -1,0 +1,92 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+import pvae
+from pvae import nets
+
+
+def test_standard_normal_is_normalized_standard_gaussian():
+    p = pvae.priors.StandardNormal(3)()
+    z = torch.randn(5, 3)
+    ref = torch.distributions.MultivariateNormal(torch.zeros(3), torch.eye(3))
+    torch.testing.assert_close(p.log_prob(z), ref.log_prob(z))
+    assert p.event_shape == (3,) and p.batch_shape == ()
+
+
+def test_bernoulli_sums_to_one_over_all_binary_images():
+    logits = torch.randn(2, 2, 3)  # 6 pixels → 64 binary images
+    p = pvae.likelihoods.Bernoulli()(logits, event_dim=2)
+    xs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=6))).reshape(64, 1, 2, 3)
+    total = p.log_prob(xs.unsqueeze(1)).logsumexp(0)  # (64, 2) → per batch entry
+    torch.testing.assert_close(total.squeeze(), torch.zeros(2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_gaussian_matches_torch_reference(learn):
+    lik = pvae.likelihoods.Gaussian(scale=0.3, learn_scale=learn)
+    mean = torch.randn(4, 5)
+    x = torch.randn(4, 5)
+    ref = torch.distributions.Normal(mean, 0.3).log_prob(x).sum(-1)
+    torch.testing.assert_close(lik(mean, event_dim=1).log_prob(x), ref)
+    if learn:
+        assert [n for n, _ in lik.named_parameters()] == ["raw_scale"]
+
+
+def test_bernoulli_rejects_out_of_range_and_warns_on_non_binary():
+    lik = pvae.likelihoods.Bernoulli()
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*got values in \[-0.5"):
+        lik.check_data(torch.tensor([[-0.5, 0.2]]))
+    with pytest.warns(UserWarning, match="not binary.*binarize.*continuous Bernoulli"):
+        lik.check_data(torch.tensor([[0.5, 0.2]]))
+    lik.check_data(torch.tensor([[0.0, 1.0]]))  # binary: silent
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 13, 10)])
+def test_conv_pair_round_trips_any_image_shape(shape):
+    enc = nets.ConvEncoder(shape, 6)
+    dec = nets.ConvDecoder(3, shape)
+    x = torch.rand(4, 2, *shape)  # two leading batch dims
+    assert enc(x).shape == (4, 2, 6)
+    assert dec(torch.randn(5, 4, 3)).shape == (5, 4, *shape)
+
+
+def test_mlp_keeps_leading_dims_and_rejects_bad_sizes():
+    m = nets.MLP((1, 8, 8), (1, 8, 8), hidden=(7,), activation="tanh")
+    assert m(torch.zeros(3, 2, 1, 8, 8)).shape == (3, 2, 1, 8, 8)
+    with pytest.raises(ValueError, match="unknown activation 'swish'; valid: .*relu"):
+        nets.MLP(4, 4, activation="swish")
+    with pytest.raises(ValueError, match="hidden must be a positive integer, got 0"):
+        nets.MLP(4, 4, hidden=(0,))
+
+
+def test_diagonal_guide_scale_has_floor():
+    net = torch.nn.Linear(3, 4)
+    with torch.no_grad():
+        net.bias.fill_(-1e4)
+        net.weight.zero_()
+    q = pvae.guides.DiagonalNormal(net, latent_dim=2, min_scale=1e-3)(torch.zeros(1, 3))
+    assert torch.all(q.base_dist.scale >= 1e-3)
+    assert torch.isfinite(q.log_prob(q.sample())).all()
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_latent_dim_must_be_positive(bad):
+    with pytest.raises(ValueError, match=f"latent_dim must be a positive integer, got {bad}"):
+        pvae.priors.StandardNormal(bad)
+    with pytest.raises(TypeError, match="latent_dim must be a positive integer, got 2.5"):
+        pvae.priors.StandardNormal(2.5)
+
+
+def test_bits_per_dim_of_fair_coin_is_one():
+    vae = pvae.VAE(pvae.priors.StandardNormal(1), data_shape=(4,))
+    with torch.no_grad():
+        for p in vae.decoder.parameters():
+            p.zero_()
+    est = pvae.evaluate_elbo(vae, torch.ones(3, 4))
+    # Zero logits: log p(x|z) = 4 log(1/2) for every z; ELBO = that minus KL.
+    torch.testing.assert_close(est.recon, torch.full((3,), 4 * math.log(0.5)))
+    s = est.summary()
+    assert s["bits_per_dim"] == pytest.approx(1 + s["kl"] / (4 * math.log(2)), rel=1e-5)
