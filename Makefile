@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := $(wildcard pvae tests benchmarks examples)
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q --doctest-modules pvae tests
+
+bench: $(STAMP)  ## log p(x) throughput: pvae vs hand-written PyTorch
+	$(BIN)/python benchmarks/log_px.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

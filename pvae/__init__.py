@@ -11,7 +11,15 @@
 from pvae import datasets, guides, likelihoods, nets, priors
 from pvae.checkpoint import CheckpointError
 from pvae.config import Config, build_vae, load_config
-from pvae.evaluation import ElboEstimate, evaluate_elbo
+from pvae.evaluation import (
+    BoundLadder,
+    ElboEstimate,
+    LogPxEstimate,
+    bounds,
+    evaluate_elbo,
+    log_px,
+)
+from pvae.linear_gaussian import LinearGaussian
 from pvae.model import VAE
 from pvae.runs import Run, load_run, train_from_config
 from pvae.train import FitResult, TrainingDivergedError, fit
@@ -20,13 +28,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE",
+    "BoundLadder",
     "CheckpointError",
     "Config",
     "ElboEstimate",
     "FitResult",
+    "LinearGaussian",
+    "LogPxEstimate",
     "Run",
     "TrainingDivergedError",
     "__version__",
+    "bounds",
     "build_vae",
     "datasets",
     "evaluate_elbo",
@@ -35,6 +47,7 @@ __all__ = [
     "likelihoods",
     "load_config",
     "load_run",
+    "log_px",
     "nets",
     "priors",
     "train_from_config",

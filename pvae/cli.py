@@ -5,7 +5,8 @@ Examples::
     pvae train                                   # default model on the embedded digits
     pvae train --config cfg.toml --set train.epochs=5 --set model.latent_dim=20 --out runs/a
     pvae train --resume runs/a --set train.epochs=10
-    pvae evaluate runs/a --split test --json
+    pvae evaluate runs/a --split test --json          # ELBO and log p(x) (k = eval.k)
+    pvae bounds runs/a --k 1 5 50 500 5000 --json     # ELBO ≤ IWAE_k ≤ log p(x) ladder
     pvae sample runs/a -n 64 --out samples.png
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ import pyro
 from pvae.checkpoint import CheckpointError
 from pvae.config import load_config
 from pvae.datasets import DataUnavailableError
-from pvae.evaluation.elbo import evaluate_elbo
+from pvae.evaluation import bounds, evaluate_elbo, log_px
 from pvae.images import sample_grid
 from pvae.runs import load_run, read_run_config, train_from_config
 from pvae.train import TrainingDivergedError
@@ -52,13 +54,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json(obj: dict) -> str:
+    """JSON with non-finite floats as null (JSON has no NaN or infinity)."""
+
+    def clean(v: object) -> object:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(clean(obj))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
-    split = run.data.split(args.split).to(run.vae.prior.loc.device)
+    x = run.data.split(args.split).to(run.vae.prior.loc.device).observed()
+    k = args.k if args.k is not None else run.config.eval.k
+    if k < 0:
+        raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {k}")
     pyro.set_rng_seed(args.seed)
     est = evaluate_elbo(
         run.vae,
-        split.observed(),
+        x,
         num_samples=args.num_samples or run.config.eval.num_samples,
         batch_size=run.config.eval.batch_size,
     )
@@ -68,14 +86,40 @@ def _evaluate(args: argparse.Namespace) -> int:
         "epoch": run.checkpoint["epoch"],
         **est.summary(),
     }
+    if k > 0:
+        lp = log_px(run.vae, x, k=k).summary()
+        out.update(
+            {k if k.startswith("log_px") else f"log_px_{k}": v for k, v in lp.items() if k != "n"}
+        )
     if args.json:
-        print(json.dumps(out))
+        print(_json(out))
+        return 0
+    print(f"{run.path}  split={args.split}  n={out['n']}  epoch={out['epoch']}")
+    print(f"  ELBO          {out['elbo']:12.4f} nats (± {out['elbo_se']:.4f} s.e. over datapoints)")
+    print(f"  reconstruction{out['recon']:12.4f}")
+    print(f"  KL            {out['kl']:12.4f} ({'analytic' if out['analytic_kl'] else 'MC'})")
+    print(f"  bits/dim      {out['bits_per_dim']:12.4f}")
+    if k > 0:
+        khat = "n/a" if out["log_px_khat_max"] is None else f"{out['log_px_khat_max']:.2f}"
+        print(
+            f"  log p(x)      {out['log_px']:12.4f} nats (± {out['log_px_se']:.4f} Monte Carlo "
+            f"s.e.; k={k}, mean ESS {out['log_px_ess_mean']:.0f}, max k̂ {khat})"
+        )
+    return 0
+
+
+def _bounds(args: argparse.Namespace) -> int:
+    run = load_run(args.run, device=args.device)
+    x = run.data.split(args.split).to(run.vae.prior.loc.device).observed()
+    pyro.set_rng_seed(args.seed)
+    ladder = bounds(run.vae, x, ks=args.k)
+    if args.plot:
+        ladder.plot(args.plot)
+    if args.json:
+        print(_json({"run": str(run.path), "split": args.split, **ladder.to_dict()}))
     else:
-        print(f"{run.path}  split={args.split}  n={out['n']}  epoch={out['epoch']}")
-        print(f"  ELBO          {out['elbo']:12.4f} ± {out['elbo_se']:.4f} nats")
-        print(f"  reconstruction{out['recon']:12.4f}")
-        print(f"  KL            {out['kl']:12.4f} ({'analytic' if out['analytic_kl'] else 'MC'})")
-        print(f"  bits/dim      {out['bits_per_dim']:12.4f}")
+        print(f"{run.path}  split={args.split}")
+        print(ladder.table())
     return 0
 
 
@@ -108,14 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="ELBO of a trained run on a split")
+    e = sub.add_parser("evaluate", help="ELBO and log p(x) of a trained run on a split")
     e.add_argument("run")
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--num-samples", type=int, default=None, help="z samples per datapoint")
+    e.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="importance samples for log p(x) (default eval.k; 0 skips it)",
+    )
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_evaluate)
+
+    b = sub.add_parser("bounds", help="the ELBO ≤ IWAE_k ≤ log p(x) ladder of a trained run")
+    b.add_argument("run")
+    b.add_argument("--k", type=int, nargs="+", default=[1, 5, 50, 500, 5000])
+    b.add_argument("--split", default="test", choices=("train", "val", "test"))
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--plot", metavar="PNG", help="also save the ladder plot")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=_bounds)
 
     s = sub.add_parser("sample", help="draw samples from a trained run's prior as a PNG grid")
     s.add_argument("run")

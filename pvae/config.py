@@ -23,7 +23,7 @@ from torch import nn
 from pvae import datasets, guides, likelihoods, nets, priors
 from pvae._checks import lookup, one_of, positive_float, positive_int
 from pvae.model import VAE
-from pvae.objectives import OBJECTIVES
+from pvae.objectives import ESTIMATORS, OBJECTIVES
 
 __all__ = [
     "ENCODERS",
@@ -98,6 +98,7 @@ class TrainConfig:
     objective: str = "meanfield_elbo"
     num_particles: int = 1
     vectorize_particles: bool = False
+    estimator: str = "reparam"
     epochs: int = 200
     batch_size: int = 128
     lr: float = 1e-3
@@ -183,6 +184,12 @@ class Config:
             lookup(f"model.{kind}.name", reg, table["name"])
         lookup("train.objective", OBJECTIVES, t.objective)
         one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+        one_of("train.estimator", t.estimator, ESTIMATORS)
+        if t.estimator != "reparam" and t.objective != "iwae":
+            raise ValueError(
+                f"train.estimator={t.estimator!r} applies to train.objective='iwae' only, "
+                f"got objective {t.objective!r}"
+            )
         positive_int("train.epochs", t.epochs)
         positive_int("train.batch_size", t.batch_size)
         positive_int("train.num_particles", t.num_particles)

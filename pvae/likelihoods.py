@@ -36,6 +36,13 @@ class Likelihood(nn.Module):
         """E[x | z], used for reconstructions and sample grids."""
         return self(params, event_dim).mean
 
+    def log_prob(self, params: Tensor, x: Tensor, event_dim: int) -> Tensor:
+        """log p(x | z) summed over the event; equals ``self(params, event_dim).log_prob(x)``.
+
+        Evaluation calls this on ``k × B`` draws; subclasses may override it with a fused form.
+        """
+        return self(params, event_dim).log_prob(x)
+
     def check_data(self, x: Tensor, *, name: str = "data") -> None:
         """Raise if ``x`` lies outside the support; warn if the density is not normalized there."""
 
@@ -63,6 +70,11 @@ class Bernoulli(Likelihood):
 
     def mean(self, params: Tensor, event_dim: int) -> Tensor:
         return torch.sigmoid(params)
+
+    def log_prob(self, params: Tensor, x: Tensor, event_dim: int) -> Tensor:
+        # Sum before negating: one pass over the k × B × D tensor fewer than the distribution.
+        bce = F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
+        return -bce.sum(tuple(range(-event_dim, 0)))
 
     def check_data(self, x: Tensor, *, name: str = "data") -> None:
         lo, hi = float(x.min()), float(x.max())

@@ -141,6 +141,10 @@ class VAE(PyroModule):
         """p(x | z) for z of shape ``(..., D)``."""
         return self.likelihood(self.decoder(z), len(self.data_shape))
 
+    def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        """log p(x | z) for z of shape ``(..., B, D)`` and x of shape ``(B, *data_shape)``."""
+        return self.likelihood.log_prob(self.decoder(z), x, len(self.data_shape))
+
     def decode_mean(self, z: Tensor) -> Tensor:
         """E[x | z], for reconstruction and sample grids."""
         return self.likelihood.mean(self.decoder(z), len(self.data_shape))

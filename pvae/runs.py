@@ -11,15 +11,13 @@ import pyro
 import tomllib
 import torch
 
-from pvae.checkpoint import CheckpointError, atomic_write_bytes
-from pvae.config import Config, build_vae, dumps_toml, load_data
+from pvae.checkpoint import CheckpointError
+from pvae.config import Config, build_vae, load_data
 from pvae.datasets import DataSplits
 from pvae.model import VAE
-from pvae.train import CHECKPOINT, FitResult, fit, load_run_state, resolve_device
+from pvae.train import CHECKPOINT, CONFIG, FitResult, fit, load_run_state, resolve_device
 
 __all__ = ["Run", "load_run", "train_from_config"]
-
-CONFIG = "config.toml"
 
 
 @dataclass
@@ -38,8 +36,8 @@ def train_from_config(
 ) -> FitResult:
     """Build data and model from ``cfg`` and train into ``run_dir`` (writing ``config.toml``).
 
-    Everything that can fail on bad input (config, data, model shapes) fails before the folder is
-    created, so a rejected run leaves nothing behind.
+    Everything that can fail on bad input (config, data, model shapes) fails before
+    :func:`~pvae.fit` creates the folder, so a rejected run leaves nothing behind.
     """
     run_path = Path(run_dir)
     if not resume and (run_path / CHECKPOINT).exists():
@@ -60,16 +58,13 @@ def train_from_config(
         clip_norm=t.clip_norm,
         num_particles=t.num_particles,
         vectorize_particles=t.vectorize_particles,
+        estimator=t.estimator,
         seed=t.seed,
         device=t.device,
         progress=t.progress,
         eval_batch_size=cfg.eval.batch_size,
         config=cfg.to_dict(),
     )
-    # A dry run of the shape checks fit() makes, before anything is written.
-    vae.check_compatible(data.train.x[:2])
-    run_path.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_path / CONFIG, dumps_toml(cfg.to_dict()).encode())
     return fit(vae, data, run_dir=run_path, resume=resume, **kwargs)
 
 

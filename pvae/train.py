@@ -31,6 +31,7 @@ from pvae.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from pvae.config import dumps_toml
 from pvae.datasets import DataSplits, Split
 from pvae.evaluation.elbo import evaluate_elbo
 from pvae.model import VAE
@@ -39,6 +40,7 @@ from pvae.objectives import make_objective
 __all__ = ["FitResult", "TrainingDivergedError", "fit", "resolve_device"]
 
 CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.toml"
 METRICS = "metrics.json"
 
 
@@ -145,6 +147,7 @@ def fit(
     clip_norm: float | None = None,
     num_particles: int = 1,
     vectorize_particles: bool = False,
+    estimator: str = "reparam",
     seed: int = 0,
     device: str | torch.device = "auto",
     run_dir: str | Path | None = None,
@@ -161,7 +164,8 @@ def fit(
         data: :class:`~pvae.datasets.DataSplits` (validation ELBO is reported each epoch), one
             :class:`~pvae.datasets.Split`, or an array/tensor of shape ``(N, ...)``.
         objective: ``"elbo"`` (``Trace_ELBO``), ``"meanfield_elbo"`` (``TraceMeanField_ELBO``,
-            analytic KL), or any Pyro ELBO instance.
+            analytic KL), ``"iwae"`` (importance-weighted bound, K = ``num_particles``), or any
+            Pyro ELBO instance.
         epochs: Total number of epochs (including those already done when resuming).
         batch_size: Minibatch size; the last batch of an epoch may be smaller.
         lr: Learning rate.
@@ -170,13 +174,14 @@ def fit(
             elementwise clip value.
         num_particles: Samples of z per datapoint in each ELBO estimate.
         vectorize_particles: Draw those samples in one batched pass.
+        estimator: Encoder gradient estimator for ``"iwae"``: ``"reparam"``, ``"stl"``, ``"dreg"``.
         seed: Seeds parameter initialization (for default networks), shuffling and sampling.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         run_dir: Folder for ``checkpoint.pt`` (every epoch), ``metrics.json`` and PNG grids.
         resume: Continue from ``run_dir/checkpoint.pt``.
         progress: Show a progress bar and one line per epoch.
         eval_batch_size: Datapoints per chunk in validation.
-        config: The run's configuration, stored in the checkpoint.
+        config: The run's configuration, stored in the checkpoint and as ``config.toml``.
         on_epoch: Called with each epoch's record.
 
     Returns:
@@ -193,7 +198,7 @@ def fit(
     if clip_norm is not None:
         clip_norm = positive_float("clip_norm", clip_norm)
     one_of("optimizer", optimizer, ("adam", "clipped_adam"))
-    elbo = make_objective(objective, num_particles, vectorize_particles)
+    elbo = make_objective(objective, num_particles, vectorize_particles, estimator)
     if not isinstance(vae, VAE):
         raise TypeError(f"vae must be a pvae.VAE, got {type(vae).__name__}")
     dev = resolve_device(device)
@@ -248,9 +253,13 @@ def fit(
         )
         _write_metrics(run_path, history)
 
-    if run_path is not None and not resume:
+    if run_path is not None:
+        # Only now, with every input checked, does the run folder appear.
         run_path.mkdir(parents=True, exist_ok=True)
-        checkpoint(0)  # a last good checkpoint exists from the start
+        if config is not None:  # a resumed run may extend train.epochs: keep the file current
+            atomic_write_bytes(run_path / CONFIG, dumps_toml(config).encode())
+        if not resume:
+            checkpoint(0)  # a last good checkpoint exists from the start
 
     n = len(train)
     bar = _progress(progress, total=(epochs - start_epoch + 1) * math.ceil(n / batch_size))

@@ -35,6 +35,52 @@ def test_evaluate_json_is_one_object(run_dir, capsys):
     assert out["elbo"] == pytest.approx(out["recon"] - out["kl"], rel=1e-5)
 
 
+def test_evaluate_reports_log_px_next_to_the_elbo(run_dir, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--k", "200", "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["log_px_k"] == 200 and out["log_px_se"] > 0
+    # log p(x) ≥ E[IWAE_200] ≥ ELBO, up to Monte Carlo error.
+    assert out["log_px"] > out["elbo"] - 4 * out["log_px_se"]
+    assert main(["evaluate", str(run_dir), "--k", "5", "--device", "cpu"]) == 0
+    assert "max k̂ n/a" in capsys.readouterr().out
+    assert main(["evaluate", str(run_dir), "--k", "-1"]) == 2
+    assert "--k must be a positive integer" in capsys.readouterr().err
+
+
+def test_bounds_prints_the_ladder_and_a_plot(run_dir, tmp_path, capsys):
+    capsys.readouterr()
+    png = tmp_path / "ladder.png"
+    assert (
+        main(
+            [
+                "bounds",
+                str(run_dir),
+                "--k",
+                "1",
+                "10",
+                "100",
+                "--json",
+                "--plot",
+                str(png),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["iwae"]) == {"1", "10", "100"} and out["n"] == 359
+    assert out["iwae"]["100"]["mean"] > out["iwae"]["1"]["mean"]
+    assert out["elbo_mc"] == out["iwae"]["1"] and out["gap"]["mean"] > 0
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+    assert main(["bounds", str(run_dir), "--k", "1", "10", "--device", "cpu"]) == 0
+    assert "IWAE k=10" in capsys.readouterr().out
+    assert main(["bounds", str(run_dir), "--k", "0"]) == 2
+    assert "k must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_sample_writes_a_png_grid(run_dir, tmp_path, capsys):
     assert (
         main(
@@ -88,6 +134,28 @@ def test_bad_input_exits_2_and_writes_nothing(argv, match, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", "--out", str(out), *argv, "--no-progress"]) == 2
     assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_data_outside_the_likelihoods_support_writes_nothing(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.linspace(0, 5, 400).reshape(40, 10).astype(np.float32))
+    out = tmp_path / "r"
+    argv = [
+        "train",
+        "--out",
+        str(out),
+        "--set",
+        "data.name=file",
+        "--set",
+        f"data.path={str(tmp_path / 'x.npy')!r}".replace("'", '"'),
+        "--set",
+        "data.binarize=none",
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    assert r"data must lie in [0, 1] for a Bernoulli likelihood" in capsys.readouterr().err
     assert not out.exists()
 
 

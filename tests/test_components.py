@@ -90,3 +90,12 @@ def test_bits_per_dim_of_fair_coin_is_one():
     torch.testing.assert_close(est.recon, torch.full((3,), 4 * math.log(0.5)))
     s = est.summary()
     assert s["bits_per_dim"] == pytest.approx(1 + s["kl"] / (4 * math.log(2)), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "lik", [pvae.likelihoods.Bernoulli(), pvae.likelihoods.Gaussian(0.3, learn_scale=True)]
+)
+def test_fused_log_prob_equals_the_distribution(lik, float64):
+    params = torch.randn(7, 5, 1, 3, 4)  # (draws, batch, C, H, W)
+    x = torch.bernoulli(torch.full((5, 1, 3, 4), 0.5))
+    torch.testing.assert_close(lik.log_prob(params, x, 3), lik(params, 3).log_prob(x))

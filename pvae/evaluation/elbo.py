@@ -34,6 +34,7 @@ class ElboEstimate:
         kl: KL(q(z | x) ‖ p(z)), analytic when available.
         analytic_kl: Whether ``kl`` is the closed form.
         num_dims: Number of data dimensions, for bits per dimension.
+        se: Monte Carlo standard error of each datapoint's ELBO estimate (NaN with one sample).
     """
 
     elbo: Tensor
@@ -41,6 +42,7 @@ class ElboEstimate:
     kl: Tensor
     analytic_kl: bool
     num_dims: int
+    se: Tensor
 
     def summary(self) -> dict[str, float | int | bool]:
         """Means over datapoints with their standard errors, and bits/dim."""
@@ -88,20 +90,34 @@ def evaluate_elbo(
     batch_size = positive_int("batch_size", batch_size)
     if x.shape[0] == 0:
         raise ValueError("x is empty: expected at least one datapoint")
-    elbos, recons, kls = [], [], []
+    elbos, recons, kls, ses = [], [], [], []
     used_analytic = analytic_kl
     prior = vae.prior()
     for xb in x.split(batch_size):
         q = vae.encode(xb)
         z = q.rsample((num_samples,))
-        recon = vae.decode(z).log_prob(xb).mean(0)
+        log_lik = vae.decode(z).log_prob(xb)
+        recon = log_lik.mean(0)
         kl = _analytic_kl(q, prior) if analytic_kl else None
         if kl is None:
             used_analytic = False
-            kl = (q.log_prob(z) - prior.log_prob(z)).mean(0)
+            terms = log_lik - q.log_prob(z) + prior.log_prob(z)  # per-draw ELBO
+            kl = recon - terms.mean(0)
+        else:
+            terms = log_lik
+        ses.append(
+            terms.std(0) / math.sqrt(num_samples)
+            if num_samples > 1
+            else torch.full_like(recon, math.nan)
+        )
         recons.append(recon)
         kls.append(kl)
         elbos.append(recon - kl)
     return ElboEstimate(
-        torch.cat(elbos), torch.cat(recons), torch.cat(kls), used_analytic, math.prod(x.shape[1:])
+        torch.cat(elbos),
+        torch.cat(recons),
+        torch.cat(kls),
+        used_analytic,
+        math.prod(x.shape[1:]),
+        torch.cat(ses),
     )

@@ -10,6 +10,8 @@ r"""The evidence lower bound, through Pyro's own estimators.
 * ``"meanfield_elbo"``: :class:`pyro.infer.TraceMeanField_ELBO`, the same bound with the KL term
   in closed form where Pyro knows it (e.g. Gaussian guide against Gaussian prior), which lowers
   the gradient variance. Both estimate the same number: they agree in expectation.
+* ``"iwae"``: the importance-weighted bound with K = ``num_particles``
+  (:class:`pvae.objectives.iwae.IWAE`).
 """
 
 from __future__ import annotations
@@ -19,28 +21,39 @@ from collections.abc import Callable, Mapping
 import pyro.infer
 
 from pvae._checks import lookup, positive_int
+from pvae.objectives.iwae import IWAE
 
 __all__ = ["OBJECTIVES", "make_objective"]
 
 OBJECTIVES: Mapping[str, Callable[..., pyro.infer.ELBO]] = {
     "elbo": pyro.infer.Trace_ELBO,
     "meanfield_elbo": pyro.infer.TraceMeanField_ELBO,
+    "iwae": IWAE,
 }
 
 
 def make_objective(
-    name: str | pyro.infer.ELBO, num_particles: int = 1, vectorize_particles: bool = False
+    name: str | pyro.infer.ELBO,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    estimator: str = "reparam",
 ) -> pyro.infer.ELBO:
-    """Build the Pyro ELBO called ``name`` (or return an ELBO instance unchanged).
+    """Build the Pyro objective called ``name`` (or return an ELBO instance unchanged).
 
     Args:
-        name: ``"elbo"`` or ``"meanfield_elbo"``, or an existing :class:`pyro.infer.ELBO`.
-        num_particles: Samples of z per datapoint averaged in one estimate.
-        vectorize_particles: Draw the particles in one batched pass instead of a Python loop.
+        name: ``"elbo"``, ``"meanfield_elbo"`` or ``"iwae"``, or a :class:`pyro.infer.ELBO`.
+        num_particles: Samples of z per datapoint (K for ``"iwae"``).
+        vectorize_particles: Draw the particles in one batched pass instead of a Python loop
+            (``"iwae"`` always does).
+        estimator: Encoder gradient estimator of ``"iwae"``: ``"reparam"``, ``"stl"``, ``"dreg"``.
     """
     if isinstance(name, pyro.infer.ELBO):
         return name
     cls = lookup("objective", OBJECTIVES, name)
+    if cls is IWAE:
+        return IWAE(num_particles=num_particles, estimator=estimator)
+    if estimator != "reparam":
+        raise ValueError(f"estimator {estimator!r} applies to objective 'iwae' only, not {name!r}")
     return cls(
         num_particles=positive_int("num_particles", num_particles),
         vectorize_particles=bool(vectorize_particles),

@@ -1,0 +1,177 @@
+"""log p(x) throughput and peak memory: pvae.log_px against a hand-written PyTorch importance
+sampler of the same model (same networks, same chunk sizes), in the same process.
+
+Model: the 784-200-200-50 tanh MLP VAE with a Bernoulli decoder. Data: Fashion-MNIST test images
+(Debian's files when installed, dynamically binarized once), else random binary images.
+
+    python benchmarks/log_px.py                      # CPU, 200 datapoints, k in 100 1000 5000
+    python benchmarks/log_px.py --device cuda --n 10000
+    python benchmarks/log_px.py --full               # k=5000 on all 10,000 test images
+
+Reports datapoints × k per second for each, their ratio (pvae / hand-written time; 1.0 = same
+speed), and peak memory (CUDA: max allocated; CPU: peak RSS growth, measured in a fresh process
+per configuration so one run's allocations do not mask another's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+import pvae
+from pvae.evaluation.log_px import DEFAULT_BUDGET, _plan
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def build(device: torch.device) -> pvae.VAE:
+    torch.manual_seed(0)
+    enc = pvae.nets.MLP((1, 28, 28), 100, hidden=(200, 200), activation="tanh")
+    dec = pvae.nets.MLP(50, (1, 28, 28), hidden=(200, 200), activation="tanh")
+    vae = pvae.VAE(
+        pvae.priors.StandardNormal(50),
+        pvae.likelihoods.Bernoulli(),
+        pvae.guides.DiagonalNormal(enc, 50),
+        dec,
+        data_shape=(1, 28, 28),
+    )
+    return vae.to(device).eval()
+
+
+def data(n: int, device: torch.device) -> torch.Tensor:
+    try:
+        x = pvae.datasets.load("fashion-mnist", binarize="static", download=False).test.x[:n]
+    except Exception:  # no Fashion-MNIST here: random binary images of the same shape
+        x = torch.bernoulli(torch.full((n, 1, 28, 28), 0.3, generator=None))
+    return x.to(device)
+
+
+@torch.no_grad()
+def handwritten(vae: pvae.VAE, x: torch.Tensor, k: int, block: int, chunk: int) -> torch.Tensor:
+    """Plain PyTorch: encoder, reparameterized draws, Bernoulli/Gaussian log densities, LSE."""
+    enc_net, dec_net = vae.encoder.net, vae.decoder
+    out = []
+    for xb in x.split(block):
+        h = enc_net(xb)
+        loc, scale = h[:, :50], nn.functional.softplus(h[:, 50:]) + vae.encoder.min_scale
+        log_scale = scale.log().sum(-1)
+        flat = xb.reshape(xb.shape[0], -1)
+        lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+        for start in range(0, k, chunk):
+            c = min(chunk, k - start)
+            eps = torch.randn(c, *loc.shape, device=x.device, dtype=loc.dtype)
+            z = loc + scale * eps
+            logits = dec_net(z).reshape(c, xb.shape[0], -1)
+            log_lik = -nn.functional.binary_cross_entropy_with_logits(
+                logits, flat.expand_as(logits), reduction="none"
+            ).sum(-1)
+            log_prior = -0.5 * (z**2).sum(-1) - 25 * LOG_2PI
+            log_q = -0.5 * (eps**2).sum(-1) - log_scale - 25 * LOG_2PI
+            lw = (log_lik + log_prior - log_q).double()
+            lse = torch.logaddexp(lse, lw.logsumexp(0))
+        out.append(lse - math.log(k))
+    return torch.cat(out)
+
+
+def run_one(impl: str, k: int, n: int, device: torch.device, repeats: int) -> dict:
+    vae, x = build(device), data(n, device)
+    block, chunk = _plan(vae, x, k, DEFAULT_BUDGET, torch.float64, False)
+
+    def go() -> torch.Tensor:
+        if impl == "pvae":
+            return pvae.log_px(vae, x, k=k, khat=False).log_px
+        return handwritten(vae, x, k, block, chunk)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    go()  # warm-up (counted in the peak: it allocates what later runs reuse)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        est = go()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = (
+        torch.cuda.max_memory_allocated() - base
+        if device.type == "cuda"
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+    )
+    t = sorted(times)[len(times) // 2]
+    return {
+        "impl": impl,
+        "k": k,
+        "n": n,
+        "seconds": t,
+        "pairs_per_s": n * k / t,
+        "peak_mb": peak / 2**20,
+        "mean_log_px": float(est.mean()),
+        "block": block,
+        "chunk": chunk,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--k", type=int, nargs="+", default=[100, 1000, 5000])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--full", action="store_true", help="k=5000 on all 10,000 test images, once")
+    p.add_argument("--one", nargs=2, metavar=("IMPL", "K"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    device = torch.device(a.device)
+    if a.one:  # child process: one configuration
+        print(json.dumps(run_one(a.one[0], int(a.one[1]), a.n, device, a.repeats)))
+        return
+    if a.full:
+        a.n, a.k, a.repeats = 10_000, [5000], 1
+    print(
+        f"log p(x) on {device}, n={a.n}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'k':>6} {'pvae pairs/s':>14} {'hand pairs/s':>14} {'ratio':>7} "
+        f"{'pvae MB':>9} {'hand MB':>9}"
+    )
+    for k in a.k:
+        res = {}
+        for impl in ("hand", "pvae"):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--device",
+                a.device,
+                "--n",
+                str(a.n),
+                "--repeats",
+                str(a.repeats),
+                "--one",
+                impl,
+                str(k),
+            ]
+            res[impl] = json.loads(
+                subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[
+                    -1
+                ]
+            )
+        ratio = res["pvae"]["seconds"] / res["hand"]["seconds"]
+        print(
+            f"{k:>6} {res['pvae']['pairs_per_s']:>14.3g} {res['hand']['pairs_per_s']:>14.3g} "
+            f"{ratio:>7.3f} {res['pvae']['peak_mb']:>9.1f} {res['hand']['peak_mb']:>9.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+r"""The bound ladder: ELBO ≤ IWAE_k ≤ log p(x), with standard errors, for one model and data.
+
+.. math::
+
+    \mathcal L_{\mathrm{ELBO}} = \mathcal L_1 \le \mathcal L_5 \le \dots \le \mathcal L_k
+    \xrightarrow[k\to\infty]{} \log p(x), \qquad
+    \log p(x) - \mathcal L_{\mathrm{ELBO}} = \mathrm{KL}\big(q(z\mid x)\,\|\,p(z\mid x)\big)
+
+One set of ``k_max`` draws per datapoint serves every rung: IWAE_k is averaged over the
+``k_max // k`` disjoint groups of k draws, so small-k rungs are precise and their standard error
+comes from the spread across groups; the top rung's from the delta method. The ELBO is reported in
+its Monte Carlo form (the k = 1 rung) and, where the prior/guide pair has one, its analytic-KL form,
+with the reconstruction and KL terms. The gap estimates KL(q(z | x) ‖ p(z | x)) per datapoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pvae._checks import positive_int
+from pvae.evaluation._psis import pareto_khat
+from pvae.evaluation.elbo import evaluate_elbo
+from pvae.evaluation.log_px import DEFAULT_BUDGET, _blocks, _check, _finish, _plan
+from pvae.model import VAE
+
+__all__ = ["BoundLadder", "bounds"]
+
+
+def _mean_se(values: Tensor, var: Tensor) -> dict[str, float]:
+    """Mean over datapoints and the Monte Carlo standard error of that mean."""
+    n = values.numel()
+    return {"mean": float(values.mean()), "se": float(var.sum().sqrt() / n)}
+
+
+@dataclass
+class BoundLadder:
+    """Dataset means (nats per datapoint) with Monte Carlo standard errors.
+
+    Attributes:
+        n: Number of datapoints.
+        iwae: ``{k: {"mean", "se"}}`` for each requested k (k = 1 is the Monte Carlo ELBO).
+        elbo_analytic: ELBO with analytic KL (``None`` if the pair has no closed form).
+        recon: E_q[log p(x | z)].
+        kl: KL(q(z | x) ‖ p(z)).
+        gap: IWAE at the largest k minus the best ELBO: an estimate of KL(q(z|x) ‖ p(z|x)).
+        log_px: Summary of the largest-k estimate (ESS, k̂, bits/dim).
+    """
+
+    n: int
+    iwae: dict[int, dict[str, float]]
+    elbo_analytic: dict[str, float] | None
+    recon: dict[str, float]
+    kl: dict[str, float]
+    gap: dict[str, float]
+    log_px: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "iwae": {str(k): v for k, v in self.iwae.items()},
+            "elbo_mc": self.iwae.get(1),
+            "elbo_analytic": self.elbo_analytic,
+            "recon": self.recon,
+            "kl": self.kl,
+            "gap": self.gap,
+            "log_px": self.log_px,
+        }
+
+    def table(self) -> str:
+        """The ladder as aligned text."""
+        rows = []
+        if self.elbo_analytic is not None:
+            rows.append(("ELBO (analytic KL)", self.elbo_analytic))
+        for k, v in self.iwae.items():
+            rows.append(("ELBO (Monte Carlo)" if k == 1 else f"IWAE k={k}", v))
+        rows += [
+            ("  reconstruction", self.recon),
+            ("  KL(q(z|x) || p(z))", self.kl),
+            ("gap log p(x) - ELBO", self.gap),
+        ]
+        lines = [f"{'bound':<22}{'nats':>12}{'± se':>10}   (n = {self.n})"]
+        lines += [f"{name:<22}{v['mean']:>12.4f}{v['se']:>10.4f}" for name, v in rows]
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path | None = None) -> Any:
+        """Bound vs k on a log axis with ±2 se bars; returns the matplotlib Figure."""
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        ks = list(self.iwae)
+        means = [self.iwae[k]["mean"] for k in ks]
+        errs = [2 * self.iwae[k]["se"] for k in ks]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, label="IWAE$_k$")
+        if self.elbo_analytic is not None:
+            ax.axhline(
+                self.elbo_analytic["mean"], color="gray", ls="--", label="ELBO (analytic KL)"
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("k (importance samples)")
+        ax.set_ylabel("bound (nats per datapoint)")
+        ax.set_title("ELBO ≤ IWAE$_k$ ≤ log p(x)")
+        ax.legend()
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path)
+        return fig
+
+
+@torch.no_grad()
+def bounds(
+    vae: VAE,
+    x: Tensor,
+    ks: Sequence[int] = (1, 5, 50, 500, 5000),
+    *,
+    memory_budget: int = DEFAULT_BUDGET,
+    dtype: torch.dtype = torch.float64,
+    elbo_samples: int = 100,
+) -> BoundLadder:
+    """Compute the ELBO-to-IWAE bound ladder on data ``x``.
+
+    Args:
+        vae: A VAE.
+        x: Data ``(N, *data_shape)`` on the VAE's device.
+        ks: Numbers of importance samples (each a positive integer).
+        memory_budget: Bytes of working memory (see :func:`pvae.log_px`).
+        dtype: Accumulation dtype.
+        elbo_samples: Draws per datapoint for the analytic-KL ELBO's reconstruction term.
+
+    Returns:
+        A :class:`BoundLadder`.
+
+    Example:
+        >>> import torch, pvae
+        >>> vae = pvae.VAE(pvae.priors.StandardNormal(2), data_shape=(4,))
+        >>> ladder = pvae.bounds(vae, torch.ones(8, 4), ks=(1, 10, 100))
+        >>> sorted(ladder.iwae)
+        [1, 10, 100]
+    """
+    if isinstance(ks, int) or not len(ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
+    ks = sorted({_check(vae, x, k) for k in ks})
+    kmax = ks[-1]
+    elbo_samples = positive_int("elbo_samples", elbo_samples)
+    block, chunk = _plan(vae, x, kmax, memory_budget, dtype, keep=True)
+    rung_vals: dict[int, list[Tensor]] = {k: [] for k in ks}
+    rung_vars: dict[int, list[Tensor]] = {k: [] for k in ks}
+    lses, lse2s, khats = [], [], []
+    for lse, lse2, kept in _blocks(vae, x, kmax, block, chunk, dtype, keep=True):
+        lses.append(lse)
+        lse2s.append(lse2)
+        khats.append(torch.from_numpy(pareto_khat(kept.cpu().numpy())))
+        for k in ks[:-1]:
+            g = kmax // k
+            groups = kept[:, : g * k].reshape(-1, g, k).logsumexp(-1) - math.log(k)
+            rung_vals[k].append(groups.mean(1))
+            rung_vars[k].append(groups.var(1) / g if g > 1 else torch.full_like(lse, math.nan))
+    top = _finish(torch.cat(lses), torch.cat(lse2s), torch.cat(khats), kmax, math.prod(x.shape[1:]))
+    rung_vals[kmax], rung_vars[kmax] = [top.log_px], [top.se**2]
+    iwae = {k: _mean_se(torch.cat(rung_vals[k]).cpu(), torch.cat(rung_vars[k]).cpu()) for k in ks}
+
+    est = evaluate_elbo(vae, x, num_samples=elbo_samples, analytic_kl=True)
+    elbo_se2 = est.se.double().cpu() ** 2
+    elbo_vals = est.elbo.double().cpu()
+    if not est.analytic_kl:  # the Monte Carlo rung with k_max draws is the better ELBO
+        elbo_vals = torch.cat(rung_vals[1]).cpu() if 1 in rung_vals else elbo_vals
+        elbo_se2 = torch.cat(rung_vars[1]).cpu() if 1 in rung_vars else elbo_se2
+    gap = top.log_px - elbo_vals
+    return BoundLadder(
+        n=x.shape[0],
+        iwae=iwae,
+        elbo_analytic=_mean_se(est.elbo.double().cpu(), elbo_se2) if est.analytic_kl else None,
+        recon=_mean_se(est.recon.double().cpu(), est.se.double().cpu() ** 2),
+        kl=_mean_se(est.kl.double().cpu(), torch.zeros(x.shape[0], dtype=torch.float64)),
+        gap=_mean_se(gap, top.se**2 + elbo_se2),
+        log_px=top.summary(),
+    )
