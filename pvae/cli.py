@@ -69,7 +69,7 @@ def _json(obj: dict) -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
-    x = run.data.split(args.split).to(run.vae.prior.loc.device).observed()
+    x = run.data.split(args.split).to(run.vae.device).observed()
     k = args.k if args.k is not None else run.config.eval.k
     if k < 0:
         raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {k}")
@@ -110,7 +110,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _bounds(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
-    x = run.data.split(args.split).to(run.vae.prior.loc.device).observed()
+    x = run.data.split(args.split).to(run.vae.device).observed()
     pyro.set_rng_seed(args.seed)
     ladder = bounds(run.vae, x, ks=args.k)
     if args.plot:

@@ -36,12 +36,27 @@ __all__ = [
     "load_data",
 ]
 
-PRIORS: Mapping[str, type[priors.Prior]] = {"standard_normal": priors.StandardNormal}
+PRIORS: Mapping[str, type[priors.Prior]] = {
+    "standard_normal": priors.StandardNormal,
+    "learned_gaussian": priors.LearnedGaussian,
+    "mog": priors.MixtureOfGaussians,
+    "vamp": priors.VampPrior,
+    "flow": priors.FlowPrior,
+    "student_t": priors.StudentT,
+}
 LIKELIHOODS: Mapping[str, type[likelihoods.Likelihood]] = {
     "bernoulli": likelihoods.Bernoulli,
+    "continuous_bernoulli": likelihoods.ContinuousBernoulli,
     "gaussian": likelihoods.Gaussian,
+    "laplace": likelihoods.Laplace,
+    "discretized_logistic": likelihoods.DiscretizedLogistic,
+    "categorical": likelihoods.Categorical256,
 }
-GUIDES: Mapping[str, Any] = {"diagonal": guides.DiagonalNormal}
+GUIDES: Mapping[str, Any] = {
+    "diagonal": guides.DiagonalNormal,
+    "low_rank": guides.LowRankNormal,
+    "iaf": guides.IAF,
+}
 ENCODERS: Mapping[str, Callable[..., nn.Module]] = {
     "mlp": lambda data_shape, out, **kw: nets.MLP(data_shape, out, **kw),
     "conv": lambda data_shape, out, **kw: nets.ConvEncoder(data_shape, out, **kw),
@@ -104,6 +119,9 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     clip_norm: float | None = None
+    beta: float = 1.0
+    warmup_steps: int = 0
+    free_bits: float = 0.0
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -196,6 +214,20 @@ class Config:
         positive_float("train.lr", t.lr)
         if t.clip_norm is not None:
             positive_float("train.clip_norm", t.clip_norm)
+        positive_float("train.beta", t.beta, allow_zero=True)
+        positive_float("train.free_bits", t.free_bits, allow_zero=True)
+        if (
+            isinstance(t.warmup_steps, bool)
+            or not isinstance(t.warmup_steps, int)
+            or t.warmup_steps < 0
+        ):
+            raise ValueError(f"train.warmup_steps must be an integer >= 0, got {t.warmup_steps!r}")
+        if t.objective == "iwae" and (t.beta != 1 or t.warmup_steps or t.free_bits):
+            raise ValueError(
+                "train.beta, train.warmup_steps and train.free_bits reweight the KL term of the "
+                "ELBO; the IWAE bound has no separate KL term: use objective 'elbo' or "
+                "'meanfield_elbo' with them"
+            )
         positive_int("eval.k", e.k)
         positive_int("eval.num_samples", e.num_samples)
         positive_int("eval.batch_size", e.batch_size)
@@ -320,7 +352,10 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> VAE:
     name, kw = _split(model.encoder)
     make = lookup("model.encoder.name", ENCODERS, name)
     _check_net_kwargs("encoder", name, kw)
-    enc_net = make(data_shape, guide_cls.num_params(latent), **kw)
+    width_kw = {
+        k: v for k, v in gkw.items() if k in inspect.signature(guide_cls.num_params).parameters
+    }
+    enc_net = make(data_shape, guide_cls.num_params(latent, **width_kw), **kw)
     encoder = _instantiate("guide", guide_cls, gkw, net=enc_net, latent_dim=latent)
     name, kw = _split(model.decoder)
     make = lookup("model.decoder.name", DECODERS, name)

@@ -2,13 +2,17 @@ r"""Amortized guides q(z | x): modules mapping a batch of x to a distribution ov
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pvae._checks import positive_float, positive_int
 
-__all__ = ["DiagonalNormal"]
+__all__ = ["IAF", "DiagonalNormal", "LowRankNormal"]
 
 
 class DiagonalNormal(nn.Module):
@@ -33,7 +37,7 @@ class DiagonalNormal(nn.Module):
 
     @staticmethod
     def num_params(latent_dim: int) -> int:
-        """Encoder output width needed for ``latent_dim``."""
+        """Encoder output width needed for ``latent_dim`` (guides may take more arguments)."""
         return 2 * latent_dim
 
     def forward(self, x: Tensor) -> dist.TorchDistribution:
@@ -45,3 +49,97 @@ class DiagonalNormal(nn.Module):
             )
         loc, raw = h.split(self.latent_dim, dim=-1)
         return dist.Normal(loc, F.softplus(raw) + self.min_scale).to_event(1)
+
+
+class LowRankNormal(nn.Module):
+    r"""Low-rank plus diagonal Gaussian guide,
+    :math:`q(z\mid x) = \mathcal N(\mu(x), F(x)F(x)^\top + \mathrm{diag}\,d(x))` with
+    :math:`F \in \mathbb R^{D\times r}` (Rezende et al. 2014), which captures posterior
+    correlations a diagonal guide cannot.
+
+    Args:
+        net: Encoder network, x to ``num_params(latent_dim, rank)`` features.
+        latent_dim: D.
+        rank: r.
+        min_scale: Floor on the diagonal standard deviation.
+    """
+
+    def __init__(self, net: nn.Module, latent_dim: int, rank: int = 2, min_scale: float = 1e-4):
+        super().__init__()
+        self.net = net
+        self.latent_dim = positive_int("latent_dim", latent_dim)
+        self.rank = positive_int("rank", rank)
+        self.min_scale = positive_float("min_scale", min_scale, allow_zero=True)
+
+    @staticmethod
+    def num_params(latent_dim: int, rank: int = 2) -> int:
+        return latent_dim * (2 + rank)
+
+    def forward(self, x: Tensor) -> dist.TorchDistribution:
+        d, r = self.latent_dim, self.rank
+        h = self.net(x)
+        loc, raw_diag, factor = h.split([d, d, d * r], dim=-1)
+        diag = (F.softplus(raw_diag) + self.min_scale) ** 2
+        factor = factor.reshape(*factor.shape[:-1], d, r) / math.sqrt(d * r)
+        return dist.LowRankMultivariateNormal(loc, factor, diag)
+
+
+class IAF(nn.Module):
+    r"""Diagonal Gaussian followed by inverse autoregressive flows conditioned on x
+    (Kingma et al. 2016): :math:`z = f_L(\dots f_1(\epsilon_0; h(x)); h(x))`,
+    :math:`\epsilon_0 \sim \mathcal N(\mu(x), \mathrm{diag}\,\sigma(x)^2)`.
+
+    Each step is Pyro's conditional affine autoregressive transform with the context h(x) from
+    the encoder. Sampling and the density of a drawn z are one pass each; the density of an
+    arbitrary z needs the (sequential) inverse.
+
+    Args:
+        net: Encoder network, x to ``num_params(latent_dim, context_dim)`` features.
+        latent_dim: D (≥ 2).
+        num_flows: L.
+        context_dim: Width of the context h(x).
+        hidden: Hidden widths of each autoregressive network.
+        min_scale: Floor on the base standard deviation.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        latent_dim: int,
+        num_flows: int = 2,
+        context_dim: int = 16,
+        hidden: tuple[int, ...] = (64,),
+        min_scale: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.latent_dim = positive_int("latent_dim", latent_dim)
+        if self.latent_dim < 2:
+            raise ValueError(f"latent_dim must be >= 2 for an IAF guide, got {latent_dim}")
+        self.context_dim = positive_int("context_dim", context_dim)
+        self.min_scale = positive_float("min_scale", min_scale, allow_zero=True)
+        self.flows = nn.ModuleList(
+            T.conditional_affine_autoregressive(
+                self.latent_dim,
+                self.context_dim,
+                hidden_dims=[positive_int("hidden", h) for h in hidden],
+            )
+            for _ in range(positive_int("num_flows", num_flows))
+        )
+        self.register_buffer("reverse", torch.arange(self.latent_dim - 1, -1, -1), persistent=False)
+
+    @staticmethod
+    def num_params(latent_dim: int, context_dim: int = 16) -> int:
+        return 2 * latent_dim + context_dim
+
+    def forward(self, x: Tensor) -> dist.TorchDistribution:
+        d = self.latent_dim
+        h = self.net(x)
+        loc, raw, ctx = h.split([d, d, self.context_dim], dim=-1)
+        base = dist.Normal(loc, F.softplus(raw) + self.min_scale).to_event(1)
+        layers: list[T.Transform] = []
+        for i, flow in enumerate(self.flows):
+            if i:
+                layers.append(T.Permute(self.reverse))
+            layers.append(flow.condition(ctx))
+        return dist.TransformedDistribution(base, layers)

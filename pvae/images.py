@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from pvae.checkpoint import atomic_write_bytes
-from pvae.model import VAE
+from pvae.model import VAE, point_estimate
 
 __all__ = ["reconstruction_grid", "sample_grid", "save_grid"]
 
@@ -43,7 +43,7 @@ def reconstruction_grid(vae: VAE, x: Tensor, path: str | Path, n: int = 32) -> P
     if not _is_image(tuple(x.shape[1:])):
         return None
     x = x[:n]
-    recon = vae.decode_mean(vae.encode(x).mean)
+    recon = vae.decode_mean(point_estimate(vae.encode(x)))
     rows = []
     for a, b in zip(x.split(8), recon.split(8), strict=True):
         rows += [a, b]

@@ -10,15 +10,24 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import ClassVar
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pvae._checks import positive_float
+from pvae._checks import one_of, positive_float
 
-__all__ = ["Bernoulli", "Gaussian", "Likelihood"]
+__all__ = [
+    "Bernoulli",
+    "Categorical256",
+    "ContinuousBernoulli",
+    "DiscretizedLogistic",
+    "Gaussian",
+    "Laplace",
+    "Likelihood",
+]
 
 
 class Likelihood(nn.Module):
@@ -27,6 +36,9 @@ class Likelihood(nn.Module):
     def param_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
         """Shape the decoder must output for one datapoint of shape ``data_shape``."""
         return tuple(data_shape)
+
+    def build(self, data_shape: Sequence[int]) -> None:
+        """Called once the data shape is known (per-dimension parameters are created here)."""
 
     def forward(self, params: Tensor, event_dim: int) -> dist.TorchDistribution:
         """Return p(x | z) with the last ``event_dim`` dimensions as its event."""
@@ -93,15 +105,85 @@ class Bernoulli(Likelihood):
             )
 
 
-class Gaussian(Likelihood):
-    r"""Factorized Gaussian :math:`p(x\mid z) = \mathcal N(x; \mu_\theta(z), \sigma^2 I)`.
+class ContinuousBernoulli(Likelihood):
+    r"""Continuous Bernoulli over [0, 1]-valued pixels (Loaiza-Ganem & Cunningham 2019):
 
-    The decoder outputs the mean. The scale is fixed, or learned (one global scale) as
+    .. math::
+
+        p(x\mid\lambda) = C(\lambda)\,\lambda^x(1-\lambda)^{1-x}, \quad
+        C(\lambda) = \frac{2\tanh^{-1}(1-2\lambda)}{1-2\lambda}\ (C(\tfrac12) = 2),
+
+    a normalized density for non-binary data in [0, 1], where the Bernoulli "likelihood" is not.
+    Its mean is not λ; :meth:`mean` returns the true mean.
+    """
+
+    def forward(self, params: Tensor, event_dim: int) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=params, validate_args=False).to_event(event_dim)
+
+    def check_data(self, x: Tensor, *, name: str = "data") -> None:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"{name} must lie in [0, 1] for a continuous Bernoulli likelihood, got values in "
+                f"[{lo:.4g}, {hi:.4g}]"
+            )
+
+
+class _LocScale(Likelihood):
+    """Shared parts of location-scale likelihoods: fixed, global or per-dimension scale."""
+
+    family: type[dist.TorchDistribution] = dist.Normal
+
+    def __init__(
+        self, scale: float = 0.1, learn_scale: bool | str = False, min_scale: float = 1e-3
+    ) -> None:
+        super().__init__()
+        scale = positive_float("scale", scale)
+        self.min_scale = positive_float("min_scale", min_scale, allow_zero=True)
+        if learn_scale is True:
+            learn_scale = "global"
+        self.learn_scale = one_of(
+            "learn_scale", learn_scale or "fixed", ("fixed", "global", "per_dim")
+        )
+        if self.learn_scale != "fixed" and scale <= self.min_scale:
+            raise ValueError(f"scale must exceed min_scale={min_scale}, got {scale}")
+        self._init_raw = math.log(math.expm1(scale - self.min_scale))  # inverse softplus
+        if self.learn_scale == "global":
+            self.raw_scale = nn.Parameter(torch.tensor(self._init_raw))
+        elif self.learn_scale == "fixed":
+            self.register_buffer("fixed_scale", torch.tensor(scale), persistent=False)
+        else:
+            self.raw_scale = None  # created by build(), when the data shape is known
+
+    def build(self, data_shape: Sequence[int]) -> None:
+        if self.learn_scale == "per_dim" and self.raw_scale is None:
+            self.raw_scale = nn.Parameter(torch.full(tuple(data_shape), self._init_raw))
+
+    @property
+    def scale(self) -> Tensor:
+        if self.learn_scale == "fixed":
+            return self.fixed_scale
+        if self.raw_scale is None:
+            raise RuntimeError("per-dimension scale is created when the VAE is built")
+        return F.softplus(self.raw_scale) + self.min_scale
+
+    def forward(self, params: Tensor, event_dim: int) -> dist.TorchDistribution:
+        return self.family(params, self.scale.expand_as(params)).to_event(event_dim)
+
+    def mean(self, params: Tensor, event_dim: int) -> Tensor:
+        return params
+
+
+class Gaussian(_LocScale):
+    r"""Factorized Gaussian :math:`p(x\mid z) = \mathcal N(x; \mu_\theta(z), \sigma^2)`.
+
+    The decoder outputs the mean. The scale is fixed, learned as one global value, or learned per
+    data dimension (``learn_scale="per_dim"``), as
     :math:`\sigma = \mathrm{softplus}(s) + \sigma_{\min}`.
 
     Args:
-        scale: Fixed scale, or the initial scale when ``learn_scale`` is true.
-        learn_scale: Learn one global scale.
+        scale: Fixed scale, or the initial scale when learned.
+        learn_scale: ``False``/``"fixed"``, ``True``/``"global"`` or ``"per_dim"``.
         min_scale: Floor on a learned scale, which keeps the density bounded.
 
     Example:
@@ -111,27 +193,141 @@ class Gaussian(Likelihood):
         -1.8379
     """
 
-    def __init__(self, scale: float = 0.1, learn_scale: bool = False, min_scale: float = 1e-3):
-        super().__init__()
-        scale = positive_float("scale", scale)
-        self.min_scale = positive_float("min_scale", min_scale, allow_zero=True)
-        self.learn_scale = bool(learn_scale)
-        if self.learn_scale:
-            if scale <= self.min_scale:
-                raise ValueError(f"scale must exceed min_scale={min_scale}, got {scale}")
-            raw = math.log(math.expm1(scale - self.min_scale))  # inverse softplus
-            self.raw_scale = nn.Parameter(torch.tensor(raw))
-        else:
-            self.register_buffer("fixed_scale", torch.tensor(scale), persistent=False)
+    family = dist.Normal
+
+
+class Laplace(_LocScale):
+    r"""Factorized Laplace :math:`p(x\mid z) = \prod_i \frac{1}{2b}e^{-|x_i-\mu_i|/b}`: an L1
+    reconstruction term with a proper normalizing constant. Same scale options as
+    :class:`Gaussian`."""
+
+    family = dist.Laplace
+
+
+class _DiscretizedLogisticDist(dist.TorchDistribution):
+    """Logistic(μ, s) discretized to the 256 levels {0, 1/255, …, 1}; the edge bins take the
+    tails (Salimans et al. 2017). A probability mass function on the levels."""
+
+    arg_constraints: ClassVar[dict] = {
+        "loc": torch.distributions.constraints.real,
+        "log_scale": torch.distributions.constraints.real,
+    }
+    support = torch.distributions.constraints.unit_interval
+    has_rsample = False
+
+    def __init__(self, loc: Tensor, log_scale: Tensor, validate_args: bool | None = None):
+        self.loc, self.log_scale = torch.broadcast_tensors(loc, log_scale)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):  # type: ignore[no-untyped-def]
+        return _DiscretizedLogisticDist(
+            self.loc.expand(batch_shape), self.log_scale.expand(batch_shape)
+        )
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        half = 0.5 / 255
+        inv_s = torch.exp(-self.log_scale)
+        centered = x - self.loc
+        upper = inv_s * (centered + half)
+        lower = inv_s * (centered - half)
+        # log(σ(u) - σ(l)) = log σ(u) + log(1 - e^{l-u}) + log σ(-l), stable in the middle bins.
+        mid = (
+            F.logsigmoid(upper)
+            + F.logsigmoid(-lower)
+            + torch.log(-torch.expm1(lower - upper).clamp_max(-1e-12))
+        )
+        lo_edge = F.logsigmoid(upper)  # x = 0: P(X ≤ 0.5/255)
+        hi_edge = F.logsigmoid(-lower)  # x = 1: P(X > 1 - 0.5/255)
+        return torch.where(x < half, lo_edge, torch.where(x > 1 - half, hi_edge, mid))
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        u = torch.rand(shape, device=self.loc.device, dtype=self.loc.dtype).clamp(1e-6, 1 - 1e-6)
+        y = self.loc.expand(shape) + self.log_scale.exp().expand(shape) * (u.log() - (-u).log1p())
+        return (y.clamp(0, 1) * 255).round() / 255
 
     @property
-    def scale(self) -> Tensor:
-        if self.learn_scale:
-            return F.softplus(self.raw_scale) + self.min_scale
-        return self.fixed_scale
+    def mean(self) -> Tensor:
+        return self.loc.clamp(0, 1)
+
+
+class DiscretizedLogistic(Likelihood):
+    r"""Discretized logistic over 8-bit pixel levels {0, 1/255, …, 1} (Kingma et al. 2016;
+    Salimans et al. 2017): a probability mass function, so bits/dim are comparable with the
+    literature. The decoder outputs a location and a log-scale per pixel (two channels).
+
+    Args:
+        min_log_scale: Floor on the log-scale (keeps the mass of the center bin below 1).
+    """
+
+    def __init__(self, min_log_scale: float = -7.0) -> None:
+        super().__init__()
+        self.min_log_scale = float(min_log_scale)
+
+    def param_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
+        return (2, *data_shape)
 
     def forward(self, params: Tensor, event_dim: int) -> dist.TorchDistribution:
-        return dist.Normal(params, self.scale.expand_as(params)).to_event(event_dim)
+        loc, log_scale = params.select(-event_dim - 1, 0), params.select(-event_dim - 1, 1)
+        log_scale = log_scale.clamp_min(self.min_log_scale)
+        return _DiscretizedLogisticDist(torch.sigmoid(loc), log_scale).to_event(event_dim)
 
-    def mean(self, params: Tensor, event_dim: int) -> Tensor:
-        return params
+    def check_data(self, x: Tensor, *, name: str = "data") -> None:
+        _check_levels(x, name, "discretized logistic")
+
+
+class _LevelsCategorical(dist.TorchDistribution):
+    """A categorical over 256 levels observed as x = level / 255."""
+
+    arg_constraints: ClassVar[dict] = {"logits": torch.distributions.constraints.real}
+    support = torch.distributions.constraints.unit_interval
+
+    def __init__(self, logits: Tensor, validate_args: bool | None = None):
+        self.logits = logits
+        self._cat = dist.Categorical(logits=logits, validate_args=False)
+        super().__init__(self._cat.batch_shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):  # type: ignore[no-untyped-def]
+        return _LevelsCategorical(self.logits.expand(*batch_shape, 256))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self._cat.log_prob((x * 255).round().long())
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        return self._cat.sample(sample_shape).to(self.logits.dtype) / 255
+
+    @property
+    def mean(self) -> Tensor:
+        levels = torch.arange(256, device=self.logits.device, dtype=self.logits.dtype) / 255
+        return (self._cat.probs * levels).sum(-1)
+
+
+class Categorical256(Likelihood):
+    """A 256-way categorical per pixel over the levels {0, 1/255, …, 1} (van den Oord et al.
+    2016): the most flexible 8-bit likelihood, at 256 decoder outputs per pixel."""
+
+    def param_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
+        return (256, *data_shape)
+
+    def forward(self, params: Tensor, event_dim: int) -> dist.TorchDistribution:
+        logits = params.movedim(-event_dim - 1, -1)
+        return _LevelsCategorical(logits).to_event(event_dim)
+
+    def check_data(self, x: Tensor, *, name: str = "data") -> None:
+        _check_levels(x, name, "256-level categorical")
+
+
+def _check_levels(x: Tensor, name: str, what: str) -> None:
+    lo, hi = float(x.min()), float(x.max())
+    scaled = x * 255
+    if lo < 0 or hi > 1 or float((scaled - scaled.round()).abs().max()) > 1e-3:
+        raise ValueError(
+            f"{name} must be 8-bit levels k/255 in [0, 1] for a {what} likelihood, got values in "
+            f"[{lo:.4g}, {hi:.4g}]"
+            + (
+                ""
+                if lo < 0 or hi > 1
+                else " that are not multiples of "
+                "1/255; load uint8 images or use a continuous likelihood"
+            )
+        )

@@ -12,11 +12,13 @@ so the minibatch loss is an unbiased estimate of the full-data ELBO.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
@@ -27,7 +29,23 @@ from pvae.guides import DiagonalNormal
 from pvae.likelihoods import Bernoulli, Likelihood
 from pvae.priors import Prior
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "point_estimate"]
+
+
+def _weight(w: float) -> poutine.messenger.Messenger:
+    """Scale a site's log density by ``w`` ≥ 0 (Pyro's scale needs w > 0; 0 is a mask)."""
+    return poutine.mask(mask=False) if w == 0 else poutine.scale(scale=w)
+
+
+def point_estimate(q: dist.TorchDistribution) -> Tensor:
+    """A deterministic summary of q(z | x): its mean, or for a flow without a closed-form mean,
+    the base distribution's mean pushed through the transforms."""
+    if isinstance(q, torch.distributions.TransformedDistribution):
+        z = point_estimate(q.base_dist)
+        for t in q.transforms:
+            z = t(z)
+        return z
+    return q.mean
 
 
 class VAE(PyroModule):
@@ -75,12 +93,23 @@ class VAE(PyroModule):
         self.decoder = decoder
         self.hidden = tuple(hidden)
         self.data_shape: tuple[int, ...] | None = None
+        # KL regularization, set by the training loop (see kl_scale).
+        self.beta = 1.0
+        self.free_bits = 0.0
+        self._scale: float = 1.0  # the latent sites' scale chosen by the last guide call
         if data_shape is not None:
             self.build(data_shape)
 
     @property
     def latent_dim(self) -> int:
         return int(self.prior.latent_dim)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters (CPU for a model without any)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     @property
     def is_built(self) -> bool:
@@ -100,12 +129,14 @@ class VAE(PyroModule):
                 )
             return self
         self.data_shape = shape
+        self.likelihood.build(shape)
         param_shape = self.likelihood.param_shape(shape)
         if self.encoder is None:
             width = DiagonalNormal.num_params(self.latent_dim)
             self.encoder = DiagonalNormal(nets.MLP(shape, width, self.hidden), self.latent_dim)
         if self.decoder is None:
             self.decoder = nets.MLP(self.latent_dim, param_shape, tuple(reversed(self.hidden)))
+        self.prior.bind(self.encoder, shape)
         return self
 
     def check_compatible(self, x: Tensor) -> None:
@@ -124,7 +155,7 @@ class VAE(PyroModule):
                     f"encoder must return a distribution with event shape ({self.latent_dim},),"
                     f" got {tuple(q.event_shape)}"
                 )
-            out = tuple(self.decoder(q.mean).shape[1:])
+            out = tuple(self.decoder(point_estimate(q)).shape[1:])
         want = self.likelihood.param_shape(self.data_shape)
         if out != tuple(want):
             raise ValueError(
@@ -150,6 +181,26 @@ class VAE(PyroModule):
         return self.likelihood.mean(self.decoder(z), len(self.data_shape))
 
     # -- Pyro program ----------------------------------------------------------------------------
+    def kl_scale(self, q: dist.TorchDistribution) -> float:
+        r"""Scale of the latent sites: β, or 0 while free bits hold the KL below its floor.
+
+        Scaling the ``z`` site of both model and guide by β turns the ELBO into
+        :math:`\mathbb E_q[\log p(x\mid z)] - \beta\,\mathrm{KL}` (Higgins et al. 2017).
+        Free bits (Kingma et al. 2016), one group over all latent dimensions: while the
+        minibatch-mean KL is below ``free_bits × latent_dim`` nats the KL term gets no gradient
+        (scale 0), so the encoder is not pushed to collapse.
+        """
+        if self.free_bits <= 0:
+            return self.beta
+        with torch.no_grad():
+            prior = self.prior()
+            try:
+                kl = torch.distributions.kl_divergence(q, prior)
+            except NotImplementedError:
+                z = q.sample()
+                kl = q.log_prob(z) - prior.log_prob(z)
+        return self.beta if float(kl.mean()) >= self.free_bits * self.latent_dim else 0.0
+
     @staticmethod
     def _plate(x: Tensor, size: int | None, subsample: Tensor | None) -> pyro.plate:
         if size is None:
@@ -169,8 +220,11 @@ class VAE(PyroModule):
             size: Size N of the whole dataset; the plate scales log densities by N / B.
             subsample: Indices of the minibatch in the dataset (optional).
         """
+        # With free bits the guide (run first by every ELBO) decides the scale; reuse it.
+        scale = self._scale if self.free_bits > 0 else self.beta
         with self._plate(x, size, subsample):
-            z = pyro.sample("z", self.prior())
+            with _weight(scale):
+                z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.decode(z), obs=x)
 
     def guide(
@@ -178,4 +232,7 @@ class VAE(PyroModule):
     ) -> Tensor:
         """q(z | x) in the same ``"data"`` plate as :meth:`model`."""
         with self._plate(x, size, subsample):
-            return pyro.sample("z", self.encode(x))
+            q = self.encode(x)
+            self._scale = self.kl_scale(q)
+            with _weight(self._scale):
+                return pyro.sample("z", q)

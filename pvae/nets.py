@@ -29,6 +29,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+
+
 def _shape(name: str, shape: int | Sequence[int]) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
@@ -54,6 +57,7 @@ class MLP(nn.Module):
         out_shape: Shape of one output.
         hidden: Widths of the hidden layers.
         activation: Name in :data:`ACTIVATIONS` or a module class.
+        norm: ``None``, ``"batch"`` or ``"layer"`` normalization after each hidden linear layer.
 
     Example:
         >>> import torch
@@ -67,21 +71,23 @@ class MLP(nn.Module):
         out_shape: int | Sequence[int],
         hidden: Sequence[int] = (256, 128),
         activation: str | Callable[[], nn.Module] = "relu",
+        norm: str | None = None,
     ) -> None:
         super().__init__()
         self.in_shape = _shape("in_shape", in_shape)
         self.out_shape = _shape("out_shape", out_shape)
         act = _activation(activation)
+        norm_layer = None if norm is None else lookup("norm", NORMS, norm)
         widths = [math.prod(self.in_shape), *(positive_int("hidden", h) for h in hidden)]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(widths):
-            layers += [nn.Linear(a, b), act()]
+            layers += [nn.Linear(a, b), *([norm_layer(b)] if norm_layer else []), act()]
         layers.append(nn.Linear(widths[-1], math.prod(self.out_shape)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[: x.dim() - len(self.in_shape)]
-        y = self.net(x.reshape(*batch, -1))
+        y = self.net(x.reshape(-1, math.prod(self.in_shape)))  # 2-D, as batch norm needs
         return y.reshape(*batch, *self.out_shape)
 
 

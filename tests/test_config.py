@@ -52,7 +52,10 @@ def test_switching_a_component_drops_the_old_components_arguments():
             "unknown model.likelihood.name 'poisson'; valid: bernoulli, gaussian",
         ),
         (["data.name=cifar"], "unknown dataset 'cifar'; valid: digits"),
-        (["train.objective=iwa"], "unknown train.objective 'iwa'; valid: elbo, iwae, meanfield_elbo"),
+        (
+            ["train.objective=iwa"],
+            "unknown train.objective 'iwa'; valid: elbo, iwae, meanfield_elbo",
+        ),
         (["model.latent_dim=0"], "model.latent_dim must be a positive integer, got 0"),
         (["train.batch_size=-2"], "train.batch_size must be a positive integer, got -2"),
         (["train.epochs"], "--set expects key=value"),

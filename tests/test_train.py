@@ -193,7 +193,11 @@ def test_checkpoint_from_another_model_is_rejected(trained_run, tmp_path):
         ({"batch_size": 1.5}, TypeError, "batch_size must be a positive integer, got 1.5"),
         ({"epochs": -1}, ValueError, "epochs must be a positive integer, got -1"),
         ({"lr": 0.0}, ValueError, "lr must be a finite number > 0, got 0.0"),
-        ({"objective": "elbow"}, ValueError, "unknown objective 'elbow'; valid: elbo, iwae, meanfield_elbo"),
+        (
+            {"objective": "elbow"},
+            ValueError,
+            "unknown objective 'elbow'; valid: elbo, iwae, meanfield_elbo",
+        ),
         ({"optimizer": "sgd"}, ValueError, "unknown optimizer 'sgd'; valid: adam, clipped_adam"),
         ({"device": "tpu:0"}, ValueError, "device must be 'auto', 'cpu'"),
     ],

@@ -34,6 +34,7 @@ import numpy as np
 import pyro
 import torch
 from torch import Tensor, nn
+from torch.distributions import constraints
 
 from pvae._checks import positive_int
 from pvae.evaluation._psis import pareto_khat
@@ -131,13 +132,26 @@ def _check(vae: VAE, x: Tensor, k: int) -> int:
             f"{vae.data_shape}"
         )
     q, p = vae.encode(x[:1]), vae.prior()
-    if q.event_shape != p.event_shape or str(q.support) != str(p.support):
+    if q.event_shape != p.event_shape or not _same_support(q.support, p.support):
         raise ValueError(
             f"the guide's distribution (support {q.support}, event shape {tuple(q.event_shape)})"
             f" does not match the prior's (support {p.support}, event shape "
             f"{tuple(p.event_shape)}): importance weights p(z)/q(z|x) are then undefined"
         )
     return k
+
+
+def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
+    """Whether two supports are the same set (wrappers such as independent or mixture aside)."""
+
+    def base(c: constraints.Constraint) -> constraints.Constraint:
+        while hasattr(c, "base_constraint"):
+            c = c.base_constraint
+        return c
+
+    ba, bb = base(a), base(b)
+    bounds = [(getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)) for c in (ba, bb)]
+    return a.event_dim == b.event_dim and type(ba) is type(bb) and bounds[0] == bounds[1]
 
 
 def log_weights(vae: VAE, x: Tensor, k: int) -> Tensor:
