@@ -8,7 +8,7 @@
 ['epoch', 'step', 'train_elbo']
 """
 
-from pvae import datasets, guides, likelihoods, nets, priors
+from pvae import datasets, diagnostics, guides, likelihoods, nets, priors
 from pvae.checkpoint import CheckpointError
 from pvae.config import Config, build_vae, load_config
 from pvae.evaluation import (
@@ -41,6 +41,7 @@ __all__ = [
     "bounds",
     "build_vae",
     "datasets",
+    "diagnostics",
     "evaluate_elbo",
     "fit",
     "guides",
@@ -49,6 +50,16 @@ __all__ = [
     "load_run",
     "log_px",
     "nets",
+    "plotting",
     "priors",
     "train_from_config",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # matplotlib is imported only when figures are asked for.
+    if name == "plotting":
+        import importlib
+
+        return importlib.import_module("pvae.plotting")
+    raise AttributeError(f"module 'pvae' has no attribute {name!r}")

@@ -8,25 +8,31 @@ Examples::
     pvae evaluate runs/a --split test --json          # ELBO and log p(x) (k = eval.k)
     pvae bounds runs/a --k 1 5 50 500 5000 --json     # ELBO ≤ IWAE_k ≤ log p(x) ladder
     pvae sample runs/a -n 64 --out samples.png
+    pvae plot runs/a --what manifold|samples|recon|curves|kl|khat|scatter
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyro
+import torch
 
+from pvae import diagnostics
 from pvae.checkpoint import CheckpointError
 from pvae.config import load_config
 from pvae.datasets import DataUnavailableError
 from pvae.evaluation import bounds, evaluate_elbo, log_px
 from pvae.images import sample_grid
+from pvae.model import VAE
 from pvae.runs import load_run, read_run_config, train_from_config
 from pvae.train import TrainingDivergedError
 
@@ -87,10 +93,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         **est.summary(),
     }
     if k > 0:
-        lp = log_px(run.vae, x, k=k).summary()
+        est = log_px(run.vae, x, k=k)
+        lp = est.summary()
         out.update(
             {k if k.startswith("log_px") else f"log_px_{k}": v for k, v in lp.items() if k != "n"}
         )
+        out["weights"] = diagnostics.weight_diagnostics(est, worst=5)
+    out["diagnostics"] = _diagnostics(run.vae, x)
     if args.json:
         print(_json(out))
         return 0
@@ -99,6 +108,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"  reconstruction{out['recon']:12.4f}")
     print(f"  KL            {out['kl']:12.4f} ({'analytic' if out['analytic_kl'] else 'MC'})")
     print(f"  bits/dim      {out['bits_per_dim']:12.4f}")
+    dg = out["diagnostics"]
+    print(
+        f"  active units  {dg['active_units']:>5} of {dg['latent_dim']}"
+        f"   I(x; z) {dg['mutual_information']:.3f} ± {dg['mutual_information_se']:.3f} nats"
+    )
+    print(
+        f"  prior hole    KL(q(z) || p(z)) {dg['aggregate_kl']:.3f}; "
+        f"{100 * dg['prior_hole_fraction']:.1f}% of prior draws fall in holes (≈1% = none)"
+    )
+    if "warning" in dg:
+        print(f"  warning: {dg['warning']}")
     if k > 0:
         khat = "n/a" if out["log_px_khat_max"] is None else f"{out['log_px_khat_max']:.2f}"
         print(
@@ -106,6 +126,30 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"s.e.; k={k}, mean ESS {out['log_px_ess_mean']:.0f}, max k̂ {khat})"
         )
     return 0
+
+
+def _diagnostics(vae: VAE, x: torch.Tensor, subset: int = 1000) -> dict:
+    """Active units, KL per dimension, I(x; z) and the prior hole (the last two on a subset:
+    they cost O(N²))."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        au = diagnostics.active_units(vae, x)
+    out: dict = {"active_units": au.count, "latent_dim": vae.latent_dim}
+    if caught:
+        out["warning"] = str(caught[0].message)
+    with contextlib.suppress(ValueError):  # not factorized: no per-dimension split
+        out["kl_per_dim"] = [round(float(v), 4) for v in diagnostics.kl_per_dimension(vae, x)]
+    xs = x[:subset]
+    mi, mi_se = diagnostics.mutual_information(vae, xs)
+    hole = diagnostics.prior_hole(vae, xs)
+    out.update(
+        mutual_information=mi,
+        mutual_information_se=mi_se,
+        aggregate_kl=hole.kl,
+        aggregate_kl_se=hole.kl_se,
+        prior_hole_fraction=hole.hole_fraction,
+    )
+    return out
 
 
 def _bounds(args: argparse.Namespace) -> int:
@@ -120,6 +164,34 @@ def _bounds(args: argparse.Namespace) -> int:
     else:
         print(f"{run.path}  split={args.split}")
         print(ladder.table())
+    return 0
+
+
+PLOTS = ("manifold", "samples", "recon", "curves", "kl", "khat", "scatter")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pvae import plotting
+
+    run = load_run(args.run, device=args.device)
+    x = run.data.test.to(run.vae.device).observed()
+    pyro.set_rng_seed(args.seed)
+    out = Path(args.out) if args.out else run.path / f"{args.what}.png"
+    if args.what == "manifold":
+        plotting.latent_manifold(run.vae, x=x, path=out)
+    elif args.what == "samples":
+        plotting.samples(run.vae, path=out)
+    elif args.what == "recon":
+        plotting.reconstructions(run.vae, x, path=out)
+    elif args.what == "curves":
+        plotting.training_curves(run.checkpoint["history"], path=out)
+    elif args.what == "kl":
+        plotting.kl_bars(diagnostics.kl_per_dimension(run.vae, x), path=out)
+    elif args.what == "khat":
+        plotting.khat_plot(log_px(run.vae, x, k=args.k), path=out)
+    else:
+        plotting.latent_scatter(run.vae, x, run.data.test.y, path=out)
+    print(f"wrote {out}")
     return 0
 
 
@@ -176,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_bounds)
+
+    pl = sub.add_parser("plot", help="draw a figure of a trained run")
+    pl.add_argument("run")
+    pl.add_argument("--what", required=True, choices=PLOTS)
+    pl.add_argument("--out", help="PNG or PDF path (default RUN/<what>.png)")
+    pl.add_argument("--k", type=int, default=1000, help="importance samples for --what khat")
+    pl.add_argument("--device", default="auto")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.set_defaults(func=_plot)
 
     s = sub.add_parser("sample", help="draw samples from a trained run's prior as a PNG grid")
     s.add_argument("run")

@@ -134,6 +134,9 @@ class EvalConfig:
     k: int = 5000
     num_samples: int = 1
     batch_size: int = 1024
+    curve_ks: list[int] = field(default_factory=lambda: [5, 500])
+    curve_every: int = 10
+    curve_subset: int = 256
 
 
 @dataclass
@@ -231,6 +234,14 @@ class Config:
         positive_int("eval.k", e.k)
         positive_int("eval.num_samples", e.num_samples)
         positive_int("eval.batch_size", e.batch_size)
+        if not isinstance(e.curve_ks, list):
+            raise ValueError(
+                f"eval.curve_ks must be a list of positive integers, got {e.curve_ks!r}"
+            )
+        for k in e.curve_ks:
+            positive_int("eval.curve_ks entries", k)
+        positive_int("eval.curve_every", e.curve_every)
+        positive_int("eval.curve_subset", e.curve_subset)
 
 
 # -- TOML in and out ------------------------------------------------------------------------------

@@ -66,6 +66,9 @@ def train_from_config(
         device=t.device,
         progress=t.progress,
         eval_batch_size=cfg.eval.batch_size,
+        curve_ks=cfg.eval.curve_ks,
+        curve_every=cfg.eval.curve_every,
+        curve_subset=cfg.eval.curve_subset,
         config=cfg.to_dict(),
     )
     return fit(vae, data, run_dir=run_path, resume=resume, **kwargs)

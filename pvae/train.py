@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from pvae.checkpoint import (
 )
 from pvae.config import dumps_toml
 from pvae.datasets import DataSplits, Split
+from pvae.evaluation.bounds import bounds
 from pvae.evaluation.elbo import evaluate_elbo
 from pvae.model import VAE
 from pvae.objectives import make_objective
@@ -157,6 +158,9 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     eval_batch_size: int = 1024,
+    curve_ks: Sequence[int] = (),
+    curve_every: int = 10,
+    curve_subset: int = 256,
     config: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
@@ -191,6 +195,11 @@ def fit(
         resume: Continue from ``run_dir/checkpoint.pt``.
         progress: Show a progress bar and one line per epoch.
         eval_batch_size: Datapoints per chunk in validation.
+        curve_ks: Every ``curve_every`` epochs, record IWAE_k on the first
+            ``curve_subset`` validation datapoints for each k, as ``val_iwae_<k>``, and the
+            largest-k estimate as ``val_log_px``. Empty: off.
+        curve_every: Epochs between those evaluations.
+        curve_subset: Validation datapoints used for them.
         config: The run's configuration, stored in the checkpoint and as ``config.toml``.
         on_epoch: Called with each epoch's record.
 
@@ -202,6 +211,9 @@ def fit(
             last good checkpoint is kept).
     """
     epochs = positive_int("epochs", epochs)
+    curve_ks = tuple(positive_int("curve_ks", k) for k in curve_ks)
+    curve_every = positive_int("curve_every", curve_every)
+    curve_subset = positive_int("curve_subset", curve_subset)
     batch_size = positive_int("batch_size", batch_size)
     eval_batch_size = positive_int("eval_batch_size", eval_batch_size)
     lr = positive_float("lr", lr)
@@ -323,6 +335,13 @@ def fit(
                     val_recon=s["recon"],
                     val_kl=s["kl"],
                 )
+            # On a schedule of the epoch number alone, so a resumed run records (and draws random
+            # numbers for) exactly the same epochs as an uninterrupted one.
+            if val is not None and curve_ks and epoch % curve_every == 0:
+                ladder = bounds(vae, val.observed()[:curve_subset], ks=curve_ks)
+                for k, rung in ladder.iwae.items():
+                    record[f"val_iwae_{k}"] = rung["mean"]
+                record["val_log_px"] = ladder.iwae[max(ladder.iwae)]["mean"]
             history.append(record)
             checkpoint(epoch)
             if progress:
@@ -349,6 +368,9 @@ def fit(
         shown = (val if val is not None else train).observed()
         images.reconstruction_grid(vae, shown, run_path / "reconstructions.png")
         images.sample_grid(vae, run_path / "samples.png")
+        from pvae.plotting import training_curves
+
+        training_curves(history, path=run_path / "curves.png")
     return FitResult(vae, history, run_path)
 
 

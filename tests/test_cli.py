@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -192,11 +193,28 @@ def test_readme_opens_with_the_two_commands_ci_runs():
 
 def test_zoo_components_are_recorded_and_rebuilt_by_evaluate(tmp_path, capsys):
     out = tmp_path / "zoo"
-    argv = ["train", "--out", str(out), "--no-progress", "--set", "train.epochs=1",
-            "--set", "model.prior.name=vamp", "--set", "model.prior.num_pseudo_inputs=10",
-            "--set", "model.guide.name=low_rank", "--set", "model.guide.rank=3",
-            "--set", "model.likelihood.name=continuous_bernoulli",
-            "--set", "data.binarize=none", "--set", "train.device=cpu"]
+    argv = [
+        "train",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.prior.name=vamp",
+        "--set",
+        "model.prior.num_pseudo_inputs=10",
+        "--set",
+        "model.guide.name=low_rank",
+        "--set",
+        "model.guide.rank=3",
+        "--set",
+        "model.likelihood.name=continuous_bernoulli",
+        "--set",
+        "data.binarize=none",
+        "--set",
+        "train.device=cpu",
+    ]
     assert main(argv) == 0
     assert "no closed-form KL" in capsys.readouterr().err  # one notice, then MC KL
     import pvae
@@ -209,3 +227,40 @@ def test_zoo_components_are_recorded_and_rebuilt_by_evaluate(tmp_path, capsys):
     assert main(["evaluate", str(out), "--k", "50", "--json", "--device", "cpu"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["analytic_kl"] is False and res["log_px"] > res["elbo"] - 4 * res["log_px_se"]
+
+
+@pytest.mark.parametrize(
+    "what", ["manifold", "samples", "recon", "curves", "kl", "khat", "scatter"]
+)
+def test_plot_writes_each_figure(run_dir, what, tmp_path):
+    out = tmp_path / f"{what}.png"
+    assert (
+        main(
+            [
+                "plot",
+                str(run_dir),
+                "--what",
+                what,
+                "--out",
+                str(out),
+                "--k",
+                "50",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    with Image.open(out) as im:
+        assert im.format == "PNG"
+
+
+def test_evaluate_json_carries_the_diagnostics(run_dir, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--k", "50", "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    d = out["diagnostics"]
+    assert 0 <= d["active_units"] <= 3 and len(d["kl_per_dim"]) == 3
+    assert 0 <= d["mutual_information"] <= math.log(359) + 4 * d["mutual_information_se"]
+    assert 0 <= d["prior_hole_fraction"] <= 1
+    assert len(out["weights"]["worst"]) == 5

@@ -46,10 +46,15 @@ def test_switching_a_component_drops_the_old_components_arguments():
     [
         (["train.epochz=3"], r"unknown key in \[train\] 'epochz'; valid: .*epochs"),
         (["trian.epochs=3"], "unknown config section 'trian'; valid: data, eval, model, train"),
-        (["model.prior.name=gauss"], "unknown model.prior.name 'gauss'; valid: standard_normal"),
+        (
+            ["model.prior.name=gauss"],
+            "unknown model.prior.name 'gauss'; valid: flow, learned_gaussian, mog, "
+            "standard_normal, student_t, vamp",
+        ),
         (
             ["model.likelihood.name=poisson"],
-            "unknown model.likelihood.name 'poisson'; valid: bernoulli, gaussian",
+            "unknown model.likelihood.name 'poisson'; valid: bernoulli, categorical, "
+            "continuous_bernoulli, discretized_logistic, gaussian, laplace",
         ),
         (["data.name=cifar"], "unknown dataset 'cifar'; valid: digits"),
         (

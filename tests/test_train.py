@@ -15,6 +15,8 @@ def quick_config(**train):
         {
             "model": {"latent_dim": 4, "encoder": {"hidden": [64]}, "decoder": {"hidden": [64]}},
             "train": {"epochs": 4, "batch_size": 64, "progress": False, "device": "cpu", **train},
+            # Curves every epoch: resume must also reproduce their random draws.
+            "eval": {"curve_ks": [2, 10], "curve_every": 1, "curve_subset": 32},
         }
     )
 
@@ -46,6 +48,7 @@ def test_resume_equals_uninterrupted_training(tmp_path, digits):
     resumed = pvae.train_from_config(
         quick_config(epochs=4), tmp_path / "part", resume=True, data=digits
     )
+    assert "val_log_px" in full.history[1]  # curve points are part of what must match
     assert resumed.history == full.history
     for (k, v), w in zip(
         full.vae.state_dict().items(), resumed.vae.state_dict().values(), strict=True
@@ -59,6 +62,7 @@ def test_run_folder_holds_config_checkpoint_metrics_and_pictures(tmp_path, digit
     assert names == [
         "checkpoint.pt",
         "config.toml",
+        "curves.png",
         "metrics.json",
         "reconstructions.png",
         "samples.png",

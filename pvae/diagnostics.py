@@ -1,0 +1,213 @@
+r"""Diagnostics of a trained VAE: active units, KL per dimension, mutual information, the prior
+hole, and importance-weight quality. All are ``@torch.no_grad`` and take data on the model's
+device.
+
+* **Active units** (Burda et al. 2015): unit u is active when
+  :math:`\mathrm{Cov}_x(\mathbb E_{q(z\mid x)}[z_u]) > 10^{-2}`. Few active units is posterior
+  collapse: the decoder ignores those latents.
+* **Mutual information** under the aggregate posterior
+  :math:`q(z) = \frac1N\sum_n q(z\mid x_n)` (Hoffman & Johnson 2016):
+  :math:`I(x; z) = \mathbb E_{x}\,\mathbb E_{q(z\mid x)}[\log q(z\mid x) - \log q(z)]`,
+  bounded by :math:`\log N`.
+* **Prior hole** (the aggregate posterior does not fill the prior, so prior samples land where
+  the decoder was never trained): :math:`\mathrm{KL}(q(z)\,\|\,p(z))` and the fraction of prior
+  draws whose aggregate-posterior density is below the 1% quantile of that density under q(z)
+  itself (≈ 0.01 when q(z) = p(z); larger means holes).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pvae._checks import positive_int
+from pvae.evaluation.log_px import LogPxEstimate
+from pvae.model import VAE
+
+__all__ = [
+    "ActiveUnits",
+    "PriorHole",
+    "active_units",
+    "aggregate_log_density",
+    "kl_per_dimension",
+    "mutual_information",
+    "prior_hole",
+    "weight_diagnostics",
+]
+
+
+@dataclass
+class ActiveUnits:
+    """Active-unit statistics: ``variance[u] = Cov_x(E_q[z_u])`` and how many exceed the
+    threshold."""
+
+    variance: Tensor
+    threshold: float
+
+    @property
+    def active(self) -> Tensor:
+        return self.variance > self.threshold
+
+    @property
+    def count(self) -> int:
+        return int(self.active.sum())
+
+
+def _posterior_means(vae: VAE, x: Tensor, batch_size: int, num_samples: int) -> Tensor:
+    out = []
+    for xb in x.split(batch_size):
+        q = vae.encode(xb)
+        try:
+            out.append(q.mean)
+        except NotImplementedError:  # flows: Monte Carlo mean
+            out.append(q.sample((num_samples,)).mean(0))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def active_units(
+    vae: VAE, x: Tensor, threshold: float = 1e-2, batch_size: int = 1024, warn: bool = True
+) -> ActiveUnits:
+    """Count active latent units (Burda et al. 2015) and warn on posterior collapse.
+
+    Args:
+        vae: A VAE.
+        x: Data ``(N, *data_shape)``.
+        threshold: Activity threshold on the variance over x of the posterior mean.
+        batch_size: Datapoints per encoder call.
+        warn: Emit a ``UserWarning`` when fewer than half the units are active.
+
+    Example:
+        >>> import torch, pvae
+        >>> vae = pvae.VAE(pvae.priors.StandardNormal(3), data_shape=(4,))
+        >>> pvae.diagnostics.active_units(vae, torch.rand(50, 4), warn=False).variance.shape
+        torch.Size([3])
+    """
+    if x.shape[0] < 2:
+        raise ValueError(f"x needs at least 2 datapoints for a variance, got {x.shape[0]}")
+    mu = _posterior_means(vae, x, positive_int("batch_size", batch_size), 64)
+    res = ActiveUnits(mu.var(0), float(threshold))
+    if warn and res.count < max(1, vae.latent_dim // 2):
+        warnings.warn(
+            f"posterior collapse: only {res.count} of {vae.latent_dim} latent units are active "
+            f"(Cov_x E_q[z_u] > {threshold}); consider KL warm-up (train.warmup_steps), free bits "
+            "(train.free_bits) or a weaker decoder",
+            UserWarning,
+            stacklevel=2,
+        )
+    return res
+
+
+@torch.no_grad()
+def kl_per_dimension(vae: VAE, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Mean over x of KL(q(z_d | x) ‖ p(z_d)) for each latent dimension d, in nats.
+
+    Needs a factorized prior and a diagonal guide (the KL splits over dimensions only then).
+    Uses the closed form where it exists, else 256 Monte Carlo draws per datapoint.
+    """
+    prior = vae.prior()
+    if not getattr(vae.prior, "factorized", False):
+        raise ValueError(
+            f"KL per dimension needs a factorized prior, got {type(vae.prior).__name__}"
+        )
+    total = torch.zeros(vae.latent_dim, device=x.device, dtype=x.dtype)
+    for xb in x.split(positive_int("batch_size", batch_size)):
+        q = vae.encode(xb)
+        qb = getattr(q, "base_dist", None)
+        if not isinstance(q, torch.distributions.Independent) or qb is None:
+            raise ValueError(f"KL per dimension needs a diagonal guide, got {type(q).__name__}")
+        pb = prior.base_dist
+        try:
+            kl = torch.distributions.kl_divergence(qb, pb)  # (B, D)
+        except NotImplementedError:
+            z = qb.sample((256,))
+            kl = (qb.log_prob(z) - pb.log_prob(z)).mean(0)
+        total += kl.sum(0)
+    return total / x.shape[0]
+
+
+def aggregate_log_density(vae: VAE, x: Tensor, z: Tensor, batch_size: int = 512) -> Tensor:
+    """:math:`\\log q(z) = \\mathrm{logsumexp}_n \\log q(z\\mid x_n) - \\log N` for z ``(M, D)``."""
+    lse = torch.full((z.shape[0],), -math.inf, device=z.device, dtype=torch.float64)
+    for xb in x.split(batch_size):
+        q = vae.encode(xb)  # batch (b,)
+        lp = q.log_prob(z[:, None, :].expand(z.shape[0], xb.shape[0], z.shape[-1]))
+        lse = torch.logaddexp(lse, lp.double().logsumexp(1))
+    return lse - math.log(x.shape[0])
+
+
+@torch.no_grad()
+def mutual_information(vae: VAE, x: Tensor, num_samples: int = 1) -> tuple[float, float]:
+    """I(x; z) under the aggregate posterior, and its Monte Carlo standard error (nats).
+
+    Uses each datapoint's own z draws against the mixture over all N datapoints; cost is
+    O(N² · num_samples) encoder densities (run it on a subset for large N).
+    """
+    num_samples = positive_int("num_samples", num_samples)
+    q = vae.encode(x)
+    z = q.sample((num_samples,))  # (S, N, D)
+    own = q.log_prob(z).double()  # (S, N)
+    agg = aggregate_log_density(vae, x, z.reshape(-1, z.shape[-1])).reshape(own.shape)
+    terms = (own - agg).reshape(-1)
+    return float(terms.mean()), float(terms.std() / math.sqrt(terms.numel()))
+
+
+@dataclass
+class PriorHole:
+    """Aggregate posterior vs prior.
+
+    Attributes:
+        kl: Monte Carlo estimate of KL(q(z) ‖ p(z)), nats, and its standard error ``kl_se``.
+        hole_fraction: Fraction of prior draws with log q(z) below the 1% quantile of log q(z)
+            for z ~ q(z) (≈ 0.01 with no hole).
+    """
+
+    kl: float
+    kl_se: float
+    hole_fraction: float
+
+
+@torch.no_grad()
+def prior_hole(vae: VAE, x: Tensor, num_samples: int = 2000) -> PriorHole:
+    """Measure how well the aggregate posterior covers the prior (see the module docstring)."""
+    num_samples = positive_int("num_samples", num_samples)
+    idx = torch.randint(x.shape[0], (num_samples,), device=x.device)
+    q = vae.encode(x[idx])
+    zq = q.sample()  # draws from the aggregate posterior
+    zp = vae.prior().sample((num_samples,))
+    log_q_at_q = aggregate_log_density(vae, x, zq)
+    log_p_at_q = vae.prior().log_prob(zq).double()
+    diff = log_q_at_q - log_p_at_q
+    tau = torch.quantile(log_q_at_q.float(), 0.01).double()
+    hole = float((aggregate_log_density(vae, x, zp) < tau).double().mean())
+    return PriorHole(float(diff.mean()), float(diff.std() / math.sqrt(num_samples)), hole)
+
+
+def weight_diagnostics(est: LogPxEstimate, worst: int = 10) -> dict[str, object]:
+    """Distribution of PSIS k̂ over datapoints and the worst datapoints (highest k̂)."""
+    kh = est.khat
+    finite = kh[torch.isfinite(kh)]
+    order = torch.argsort(torch.nan_to_num(kh, nan=-math.inf), descending=True)[:worst]
+    quant = (
+        {f"q{int(p * 100)}": float(torch.quantile(finite, p)) for p in (0.5, 0.9, 0.99)}
+        if finite.numel()
+        else {}
+    )
+    return {
+        "khat_quantiles": quant,
+        "fraction_above_0.5": float((finite > 0.5).double().mean()) if finite.numel() else None,
+        "fraction_above_0.7": float((finite > 0.7).double().mean()) if finite.numel() else None,
+        "worst": [
+            {
+                "index": int(i),
+                "khat": float(kh[i]),
+                "log_px": float(est.log_px[i]),
+                "ess": float(est.ess[i]),
+            }
+            for i in order
+        ],
+    }
