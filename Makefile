@@ -28,7 +28,8 @@ format: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest -q --doctest-modules pvae tests
 
-bench: $(STAMP)  ## log p(x) throughput: pvae vs hand-written PyTorch
+bench: $(STAMP)  ## training step and log p(x) throughput: pvae vs Pyro vs hand-written PyTorch
+	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/log_px.py
 
 clean:

@@ -114,6 +114,7 @@ class TrainConfig:
     num_particles: int = 1
     vectorize_particles: bool = False
     estimator: str = "reparam"
+    fast: bool = True
     epochs: int = 200
     batch_size: int = 128
     lr: float = 1e-3

@@ -65,10 +65,10 @@ class Split:
     def data_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
-    def to(self, device: torch.device | str) -> Split:
-        """This split with its tensors on ``device`` (a no-op when already there)."""
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Split:
+        """This split with its tensors on ``device`` (and data in ``dtype``, if given)."""
         y = None if self.y is None else self.y.to(device)
-        return replace(self, x=self.x.to(device), y=y)
+        return replace(self, x=self.x.to(device, dtype), y=y)
 
     def observed(self, idx: Tensor | None = None) -> Tensor:
         """The datapoints as the model sees them (dynamically binarized if so configured)."""

@@ -51,6 +51,8 @@ def _finish(fig: Any, path: str | Path | None) -> Any:
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)
+        if not _interactive():  # saved to disk: release pyplot's reference (no figure pile-up)
+            _plt().close(fig)
     return fig
 
 

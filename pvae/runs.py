@@ -62,6 +62,7 @@ def train_from_config(
         num_particles=t.num_particles,
         vectorize_particles=t.vectorize_particles,
         estimator=t.estimator,
+        fast=t.fast,
         seed=t.seed,
         device=t.device,
         progress=t.progress,

@@ -36,7 +36,7 @@ from pvae.datasets import DataSplits, Split
 from pvae.evaluation.bounds import bounds
 from pvae.evaluation.elbo import evaluate_elbo
 from pvae.model import VAE
-from pvae.objectives import make_objective
+from pvae.objectives import fused, make_objective
 
 __all__ = ["FitResult", "TrainingDivergedError", "fit", "resolve_device"]
 
@@ -152,6 +152,7 @@ def fit(
     num_particles: int = 1,
     vectorize_particles: bool = False,
     estimator: str = "reparam",
+    fast: bool = True,
     seed: int = 0,
     device: str | torch.device = "auto",
     run_dir: str | Path | None = None,
@@ -189,6 +190,10 @@ def fit(
         num_particles: Samples of z per datapoint in each ELBO estimate.
         vectorize_particles: Draw those samples in one batched pass.
         estimator: Encoder gradient estimator for ``"iwae"``: ``"reparam"``, ``"stl"``, ``"dreg"``.
+        fast: Compute the objective on the fused fast path (:mod:`pvae.objectives.fused`): the
+            same loss and gradients as Pyro's objective for the same draws, without per-step
+            tracing. Falls back to Pyro, with a one-line notice, for a VAE that overrides
+            ``model`` or ``guide``; an ELBO instance as ``objective`` always runs through Pyro.
         seed: Seeds parameter initialization (for default networks), shuffling and sampling.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         run_dir: Folder for ``checkpoint.pt`` (every epoch), ``metrics.json`` and PNG grids.
@@ -246,9 +251,15 @@ def fit(
     if val is not None:
         _check_data(vae, val, "validation data")
     vae.to(dev)
-    train, val = train.to(dev), (val.to(dev) if val is not None else None)
+    # Data follow the model's floating dtype (a float64 model trains on float64 data).
+    dtype = next((p.dtype for p in vae.parameters() if p.is_floating_point()), None)
+    train = train.to(dev, dtype)
+    val = val.to(dev, dtype) if val is not None else None
     vae.check_compatible(train.x[:2])
     _notice_monte_carlo_kl(vae, elbo, train.x[:2])
+    loss_fn = _loss_function(
+        vae, elbo, objective, fast, num_particles, vectorize_particles, estimator
+    )
     opt = _make_optimizer(optimizer, vae.parameters(), lr, clip_norm)
 
     history: list[dict[str, float]] = []
@@ -301,9 +312,7 @@ def fit(
                 for idx, x in train.batches(batch_size, shuffle=True, generator=gen):
                     vae.beta = kl_weight(step, beta, warmup_steps)
                     vae.free_bits = free_bits
-                    loss = (
-                        elbo.differentiable_loss(vae.model, vae.guide, x, size=n, subsample=idx) / n
-                    )
+                    loss = loss_fn(x, idx, n) / n
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if clip_norm is not None and optimizer == "adam":
@@ -372,6 +381,31 @@ def fit(
 
         training_curves(history, path=run_path / "curves.png")
     return FitResult(vae, history, run_path)
+
+
+def _loss_function(
+    vae: VAE,
+    elbo: pyro.infer.ELBO,
+    objective: str | pyro.infer.ELBO,
+    fast: bool,
+    num_particles: int,
+    vectorize_particles: bool,
+    estimator: str,
+) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """``(x, idx, N) -> loss``: the fused fast path where it is exact, else Pyro's objective."""
+    if fast and isinstance(objective, str):
+        reason = fused.supports(vae)
+        if reason is None:
+            fo = fused.FusedObjective(objective, num_particles, vectorize_particles, estimator)
+            return lambda x, idx, n: fo.loss(vae, x, n)
+        print(
+            f"pvae: note: {reason}; training through Pyro's {type(elbo).__name__} "
+            "(the fast path handles the standard VAE model/guide only)",
+            file=sys.stderr,
+        )
+    return lambda x, idx, n: elbo.differentiable_loss(
+        vae.model, vae.guide, x, size=n, subsample=idx
+    )
 
 
 def kl_weight(step: int, beta: float, warmup_steps: int) -> float:

@@ -9,6 +9,14 @@ import pvae
 from pvae import diagnostics, plotting
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture(scope="module")
 def trained(digits):
     torch.manual_seed(0)

@@ -111,10 +111,9 @@ class BoundLadder:
         ax.set_ylabel("bound (nats per datapoint)")
         ax.set_title("ELBO ≤ IWAE$_k$ ≤ log p(x)")
         ax.legend()
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path)
-        return fig
+        from pvae.plotting import _finish
+
+        return _finish(fig, path)
 
 
 @torch.no_grad()

@@ -1,0 +1,198 @@
+"""Training speed: pvae against plain Pyro SVI (as in Pyro's VAE example) and a hand-written
+PyTorch loop, in one process, on the same 784-200-200-50 tanh MLP VAE with a Bernoulli decoder.
+
+    python benchmarks/train_step.py                    # CPU, batches 20 128 1000
+    python benchmarks/train_step.py --device cuda
+    python benchmarks/train_step.py --epoch            # also one Fashion-MNIST epoch each
+
+Per-step time is the median over interleaved repeats of a fixed number of steps on one fixed
+minibatch (no data handling); the ratio is time / hand-written time (1.0 = same speed). The
+hand-written step computes the same math: reparameterized draw, Bernoulli log-likelihood,
+analytic Gaussian KL, Adam. Every implementation uses the same Adam implementation (foreach where
+torch supports it), so the ratios measure framework overhead, not optimizer choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.infer import SVI, Trace_ELBO
+
+import pvae
+from pvae.train import _loss_function, _make_optimizer
+
+LATENT = 50
+
+
+def nets(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    enc = pvae.nets.MLP((1, 28, 28), 2 * LATENT, hidden=(200, 200), activation="tanh")
+    dec = pvae.nets.MLP(LATENT, (1, 28, 28), hidden=(200, 200), activation="tanh")
+    return enc.to(device), dec.to(device)
+
+
+def pvae_step(device: torch.device, n: int):
+    enc, dec = nets(device)
+    vae = pvae.VAE(
+        pvae.priors.StandardNormal(LATENT),
+        pvae.likelihoods.Bernoulli(),
+        pvae.guides.DiagonalNormal(enc, LATENT),
+        dec,
+        data_shape=(1, 28, 28),
+    ).to(device)
+    elbo = pvae.objectives.make_objective("meanfield_elbo")
+    loss_fn = _loss_function(vae, elbo, "meanfield_elbo", True, 1, False, "reparam")
+    opt = _make_optimizer("adam", vae.parameters(), 1e-3, None)
+
+    def step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        loss = loss_fn(x, idx, n) / n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step, vae
+
+
+def hand_step(device: torch.device, n: int):
+    enc, dec = nets(device)
+    params = [*enc.parameters(), *dec.parameters()]
+    opt = _make_optimizer("adam", params, 1e-3, None)
+
+    def step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        h = enc(x)
+        loc, scale = h[:, :LATENT], F.softplus(h[:, LATENT:]) + 1e-4
+        z = loc + scale * torch.randn_like(loc)
+        logits = dec(z)
+        recon = -F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
+        loss = -(recon - kl) / x.shape[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step, None
+
+
+def pyro_step(device: torch.device, n: int):
+    """Pyro's VAE example: pyro.module + SVI + pyro.optim.Adam + Trace_ELBO."""
+    enc, dec = nets(device)
+    pyro.clear_param_store()
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("decoder", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample(
+                "z", dist.Normal(torch.zeros(x.shape[0], LATENT, device=x.device), 1.0).to_event(1)
+            )
+            pyro.sample("x", dist.Bernoulli(logits=dec(z), validate_args=False).to_event(3), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        pyro.module("encoder", enc)
+        with pyro.plate("data", x.shape[0]):
+            h = enc(x)
+            pyro.sample(
+                "z", dist.Normal(h[:, :LATENT], F.softplus(h[:, LATENT:]) + 1e-4).to_event(1)
+            )
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=Trace_ELBO())
+
+    def step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(svi.step(x))
+
+    return step, None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def per_step(device: torch.device, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
+    idx = torch.arange(batch, device=device)
+    impls = {
+        name: make(device, 60_000)[0]
+        for name, make in (("hand", hand_step), ("pvae", pvae_step), ("pyro", pyro_step))
+    }
+    times: dict[str, list[float]] = {k: [] for k in impls}
+    for step in impls.values():  # warm-up
+        for _ in range(5):
+            step(x, idx)
+    for _ in range(repeats):
+        for name, step in impls.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(x, idx)
+            sync(device)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def epoch_times(device: torch.device) -> dict[str, float]:
+    data = pvae.datasets.load("fashion-mnist", binarize="dynamic", download=False)
+    out = {}
+    train = data.train.to(device)
+    n = len(train)
+    for name, make in (("hand", hand_step), ("pvae", pvae_step)):
+        step, _ = make(device, n)
+        g = torch.Generator().manual_seed(0)
+        sync(device)
+        t0 = time.perf_counter()
+        for idx, x in train.batches(128, shuffle=True, generator=g):
+            step(x, idx)
+        sync(device)
+        out[name] = time.perf_counter() - t0
+    # pvae.fit end to end (validation ELBO included), for reference.
+    enc, dec = nets(device)
+    vae = pvae.VAE(
+        pvae.priors.StandardNormal(LATENT),
+        pvae.likelihoods.Bernoulli(),
+        pvae.guides.DiagonalNormal(enc, LATENT),
+        dec,
+    )
+    t0 = time.perf_counter()
+    pvae.fit(vae, data, epochs=1, batch_size=128, progress=False, device=device)
+    out["pvae.fit (with validation)"] = time.perf_counter() - t0
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=[20, 128, 1000])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    print(
+        f"training step on {device}, torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'batch':>6} {'hand ms':>9} {'pvae ms':>9} {'pyro ms':>9} {'pvae/hand':>10} "
+        f"{'pyro/hand':>10}"
+    )
+    for b in a.batches:
+        steps = 40 if b <= 128 else 10
+        t = per_step(device, b, steps, a.repeats)
+        print(
+            f"{b:>6} {1e3 * t['hand']:>9.3f} {1e3 * t['pvae']:>9.3f} {1e3 * t['pyro']:>9.3f} "
+            f"{t['pvae'] / t['hand']:>10.3f} {t['pyro'] / t['hand']:>10.3f}",
+            flush=True,
+        )
+    if a.epoch:
+        for name, sec in epoch_times(device).items():
+            print(f"Fashion-MNIST epoch (54,000 images, batch 128) {name}: {sec:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
