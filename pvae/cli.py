@@ -26,7 +26,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pvae import diagnostics
+from pvae import diagnostics, distributed
 from pvae.checkpoint import CheckpointError
 from pvae.config import load_config
 from pvae.datasets import DataUnavailableError
@@ -54,10 +54,15 @@ def _train(args: argparse.Namespace) -> int:
     if args.no_progress:
         cfg.train.progress = False
     result = train_from_config(cfg, out, resume=args.resume is not None)
-    final = result.final
-    summary = {"run": str(out), **final}
-    print(json.dumps(summary) if args.json else f"run written to {out}: {summary}")
+    if _is_main():
+        summary = {"run": str(out), **result.final}
+        print(json.dumps(summary) if args.json else f"run written to {out}: {summary}")
     return 0
+
+
+def _is_main() -> bool:
+    d = distributed.info()
+    return d is None or d.is_main
 
 
 def _json(obj: dict) -> str:
@@ -93,13 +98,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         **est.summary(),
     }
     if k > 0:
-        est = log_px(run.vae, x, k=k)
+        est = log_px(run.vae, x, k=k, seed=args.seed, distributed=distributed.info() is not None)
         lp = est.summary()
         out.update(
             {k if k.startswith("log_px") else f"log_px_{k}": v for k, v in lp.items() if k != "n"}
         )
         out["weights"] = diagnostics.weight_diagnostics(est, worst=5)
     out["diagnostics"] = _diagnostics(run.vae, x)
+    if not _is_main():
+        return 0
     if args.json:
         print(_json(out))
         return 0
@@ -156,7 +163,11 @@ def _bounds(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
     x = run.data.split(args.split).to(run.vae.device).observed()
     pyro.set_rng_seed(args.seed)
-    ladder = bounds(run.vae, x, ks=args.k)
+    ladder = bounds(
+        run.vae, x, ks=args.k, seed=args.seed, distributed=distributed.info() is not None
+    )
+    if not _is_main():
+        return 0
     if args.plot:
         ladder.plot(args.plot)
     if args.json:
@@ -272,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pvae`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        # Under torchrun (WORLD_SIZE > 1) join the process group: DDP training, sharded
+        # evaluation; a plain run is untouched.
+        if args.command in ("train", "evaluate", "bounds"):
+            distributed.init()
         return args.func(args)
     except (ValueError, TypeError, CheckpointError, DataUnavailableError) as err:
         print(f"pvae {args.command}: error: {err}", file=sys.stderr)
@@ -282,3 +297,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pvae {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if distributed.info() is not None:
+            torch.distributed.destroy_process_group()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -76,16 +76,26 @@ class Split:
         return torch.bernoulli(x) if self.binarize == "dynamic" else x
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        shard: Callable[[Tensor], Tensor] | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(indices, x)`` minibatches; the last one may be smaller (ragged).
 
         The permutation is drawn on the CPU from ``generator`` (so it does not depend on the
-        device) and moved to the data's device once per epoch.
+        device, and is the same on every rank of a distributed job) and moved to the data's
+        device once per epoch. ``shard`` keeps this rank's part of it
+        (:func:`pvae.distributed.shard`).
         """
         batch_size = positive_int("batch_size", batch_size)
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if shard is not None:
+            order = shard(order)
+            n = order.numel()
         order = order.to(self.x.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]

@@ -20,8 +20,10 @@ from typing import Any
 import pyro
 import pyro.optim.clipped_adam
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from pvae import distributed as D
 from pvae import images
 from pvae._checks import one_of, positive_float, positive_int
 from pvae.checkpoint import (
@@ -34,7 +36,7 @@ from pvae.checkpoint import (
 from pvae.config import dumps_toml
 from pvae.datasets import DataSplits, Split
 from pvae.evaluation.bounds import bounds
-from pvae.evaluation.elbo import evaluate_elbo
+from pvae.evaluation.elbo import ElboEstimate, evaluate_elbo
 from pvae.model import VAE
 from pvae.objectives import fused, make_objective
 
@@ -232,7 +234,11 @@ def fit(
         raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
     if not isinstance(vae, VAE):
         raise TypeError(f"vae must be a pvae.VAE, got {type(vae).__name__}")
+    d = D.info()
     dev = resolve_device(device)
+    if d is not None and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", d.local_rank)  # one GPU per rank
+    main = d is None or d.is_main
     train, val = _as_splits(data)
     if len(train) == 0:
         raise ValueError("data is empty: the training split has no datapoints")
@@ -258,8 +264,18 @@ def fit(
     vae.check_compatible(train.x[:2])
     _notice_monte_carlo_kl(vae, elbo, train.x[:2])
     loss_fn = _loss_function(
-        vae, elbo, objective, fast, num_particles, vectorize_particles, estimator
+        vae, elbo, objective, fast, num_particles, vectorize_particles, estimator, quiet=not main
     )
+    engine: nn.Module = _Objective(vae, loss_fn)
+    if d is not None:
+        # DDP averages gradients over ranks; each rank's loss is scaled by N / b, so the average
+        # is the gradient of the global batch of world_size × b, as in one process.
+        engine = DistributedDataParallel(
+            engine,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=free_bits > 0,  # masked KL leaves prior parameters unused
+        )
+        torch.manual_seed(seed * 7919 + d.rank)  # each rank its own noise; same initial weights
     opt = _make_optimizer(optimizer, vae.parameters(), lr, clip_norm)
 
     history: list[dict[str, float]] = []
@@ -269,12 +285,19 @@ def fit(
         check_state_matches(vae, ckpt["model"], str(run_path / CHECKPOINT))
         vae.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(_rank_rng(ckpt["rng"], d))
         history, start_epoch, step = list(ckpt["history"]), ckpt["epoch"] + 1, ckpt["step"]
         config = config if config is not None else ckpt.get("config")
 
     def checkpoint(epoch: int) -> None:
         if run_path is None:
+            return
+        rng = _rng_state()
+        if d is not None:  # every rank's generators, for an exact resume
+            states: list[Any] = [None] * d.world_size
+            torch.distributed.all_gather_object(states, rng)
+            rng = {"ranks": states}
+        if not main:
             return
         save_checkpoint(
             run_path / CHECKPOINT,
@@ -283,7 +306,7 @@ def fit(
                 "step": step,
                 "model": vae.state_dict(),
                 "optimizer": opt.state_dict(),
-                "rng": _rng_state(),
+                "rng": rng,
                 "history": history,
                 "config": config,
                 "data_shape": list(vae.data_shape),
@@ -292,15 +315,19 @@ def fit(
         _write_metrics(run_path, history)
 
     if run_path is not None:
-        # Only now, with every input checked, does the run folder appear.
-        run_path.mkdir(parents=True, exist_ok=True)
-        if config is not None:  # a resumed run may extend train.epochs: keep the file current
-            atomic_write_bytes(run_path / CONFIG, dumps_toml(config).encode())
+        # Only now, with every input checked, does the run folder appear (rank 0 writes).
+        if main:
+            run_path.mkdir(parents=True, exist_ok=True)
+            if config is not None:  # a resumed run may extend train.epochs: keep it current
+                atomic_write_bytes(run_path / CONFIG, dumps_toml(config).encode())
         if not resume:
             checkpoint(0)  # a last good checkpoint exists from the start
 
     n = len(train)
-    bar = _progress(progress, total=(epochs - start_epoch + 1) * math.ceil(n / batch_size))
+    shard = (lambda order: D.shard(order, d)) if d is not None else None
+    per_rank = n if d is None else -(-n // d.world_size)
+    steps_per_epoch = math.ceil(per_rank / batch_size)
+    bar = _progress(progress and main, total=(epochs - start_epoch + 1) * steps_per_epoch)
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, epochs + 1):
@@ -309,10 +336,10 @@ def fit(
             losses = []
             gen = _epoch_generator(seed, epoch)
             try:
-                for idx, x in train.batches(batch_size, shuffle=True, generator=gen):
+                for idx, x in train.batches(batch_size, shuffle=True, generator=gen, shard=shard):
                     vae.beta = kl_weight(step, beta, warmup_steps)
                     vae.free_bits = free_bits
-                    loss = loss_fn(x, idx, n) / n
+                    loss = engine(x, idx, n) / n
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if clip_norm is not None and optimizer == "adam":
@@ -327,17 +354,21 @@ def fit(
                 # report that as the divergence it is, at the step where it began.
                 _raise_if_diverged(losses, vae, epoch, step, run_path, cause=err)
                 raise
+            if d is not None:  # every rank sees every rank's losses, so all stop together
+                stacked = torch.stack(losses)
+                torch.distributed.all_reduce(stacked)
+                losses = list(stacked.unbind())
             # One device sync per epoch: the NaN check and the epoch mean together.
             _raise_if_diverged(losses, vae, epoch, step, run_path)
             per_step = torch.stack(losses)
             record: dict[str, float] = {
                 "epoch": epoch,
                 "step": step,
-                "train_elbo": float(-per_step.sum() / n),
+                "train_elbo": float(-per_step.sum() / (per_rank * (d.world_size if d else 1))),
             }
             if val is not None:
                 vae.eval()
-                s = evaluate_elbo(vae, val.observed(), batch_size=eval_batch_size).summary()
+                s = _validation_elbo(vae, val.observed(), eval_batch_size, d)
                 record.update(
                     val_elbo=s["elbo"],
                     val_elbo_se=s["elbo_se"],
@@ -347,13 +378,15 @@ def fit(
             # On a schedule of the epoch number alone, so a resumed run records (and draws random
             # numbers for) exactly the same epochs as an uninterrupted one.
             if val is not None and curve_ks and epoch % curve_every == 0:
-                ladder = bounds(vae, val.observed()[:curve_subset], ks=curve_ks)
+                ladder = bounds(
+                    vae, val.observed()[:curve_subset], ks=curve_ks, distributed=d is not None
+                )
                 for k, rung in ladder.iwae.items():
                     record[f"val_iwae_{k}"] = rung["mean"]
                 record["val_log_px"] = ladder.iwae[max(ladder.iwae)]["mean"]
             history.append(record)
             checkpoint(epoch)
-            if progress:
+            if progress and main:
                 line = f"epoch {epoch:>4}/{epochs}  train ELBO {record['train_elbo']:10.3f}"
                 if "val_elbo" in record:
                     line += f"  val ELBO {record['val_elbo']:10.3f} ± {record['val_elbo_se']:.3f}"
@@ -361,7 +394,7 @@ def fit(
             if on_epoch is not None:
                 on_epoch(record)
     except KeyboardInterrupt:
-        if run_path is not None:
+        if run_path is not None and main:
             _write(
                 bar,
                 f"interrupted in epoch {epoch}; checkpoint of epoch {epoch - 1} kept in "
@@ -373,7 +406,9 @@ def fit(
         if bar is not None:
             bar.close()
     vae.eval()
-    if run_path is not None:
+    if d is not None:
+        torch.distributed.barrier()
+    if run_path is not None and main:
         shown = (val if val is not None else train).observed()
         images.reconstruction_grid(vae, shown, run_path / "reconstructions.png")
         images.sample_grid(vae, run_path / "samples.png")
@@ -381,6 +416,46 @@ def fit(
 
         training_curves(history, path=run_path / "curves.png")
     return FitResult(vae, history, run_path)
+
+
+class _Objective(nn.Module):
+    """The training loss as a module's forward, so DistributedDataParallel can wrap it: every
+    parameter of the VAE (priors, likelihoods, guides included) is then in the all-reduce."""
+
+    def __init__(self, vae: VAE, fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
+        super().__init__()
+        self.vae = vae
+        self.fn = fn
+
+    def forward(self, x: Tensor, idx: Tensor, n: int) -> Tensor:
+        return self.fn(x, idx, n)
+
+
+def _rank_rng(state: dict[str, Any], d: D.DistInfo | None) -> dict[str, Any]:
+    """This rank's RNG state from a checkpoint (single-process or distributed)."""
+    if "ranks" not in state:
+        return state
+    ranks = state["ranks"]
+    if d is None or len(ranks) != d.world_size:
+        raise CheckpointError(
+            f"checkpoint holds the RNG states of {len(ranks)} ranks; resume it with "
+            f"--nproc_per_node={len(ranks)} (this job has {1 if d is None else d.world_size})"
+        )
+    return ranks[d.rank]
+
+
+def _validation_elbo(vae: VAE, x: Tensor, batch_size: int, d: D.DistInfo | None) -> dict:
+    """Validation ELBO summary; in a distributed job each rank evaluates a contiguous shard and
+    the per-datapoint values are gathered on every rank."""
+    if d is None:
+        return evaluate_elbo(vae, x, batch_size=batch_size).summary()
+    part = x.tensor_split(d.world_size)[d.rank]
+    e = evaluate_elbo(vae, part, batch_size=batch_size)
+    every = torch.cat(
+        D.gather_blocks({d.rank: torch.stack([e.elbo, e.recon, e.kl])}, d.world_size), dim=1
+    )
+    nan = torch.full_like(every[0], math.nan)
+    return ElboEstimate(every[0], every[1], every[2], e.analytic_kl, e.num_dims, nan).summary()
 
 
 def _loss_function(
@@ -391,6 +466,7 @@ def _loss_function(
     num_particles: int,
     vectorize_particles: bool,
     estimator: str,
+    quiet: bool = False,
 ) -> Callable[[Tensor, Tensor, int], Tensor]:
     """``(x, idx, N) -> loss``: the fused fast path where it is exact, else Pyro's objective."""
     if fast and isinstance(objective, str):
@@ -398,11 +474,12 @@ def _loss_function(
         if reason is None:
             fo = fused.FusedObjective(objective, num_particles, vectorize_particles, estimator)
             return lambda x, idx, n: fo.loss(vae, x, n)
-        print(
-            f"pvae: note: {reason}; training through Pyro's {type(elbo).__name__} "
-            "(the fast path handles the standard VAE model/guide only)",
-            file=sys.stderr,
-        )
+        if not quiet:
+            print(
+                f"pvae: note: {reason}; training through Pyro's {type(elbo).__name__} "
+                "(the fast path handles the standard VAE model/guide only)",
+                file=sys.stderr,
+            )
     return lambda x, idx, n: elbo.differentiable_loss(
         vae.model, vae.guide, x, size=n, subsample=idx
     )

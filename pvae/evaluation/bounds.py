@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 
 from pvae._checks import positive_int
+from pvae.distributed import gather_blocks
 from pvae.evaluation._psis import pareto_khat
 from pvae.evaluation.elbo import evaluate_elbo
-from pvae.evaluation.log_px import DEFAULT_BUDGET, _blocks, _check, _finish, _plan
+from pvae.evaluation.log_px import DEFAULT_BUDGET, _blocks, _check, _finish, _plan, _seeded
 from pvae.model import VAE
 
 __all__ = ["BoundLadder", "bounds"]
@@ -125,6 +126,8 @@ def bounds(
     memory_budget: int = DEFAULT_BUDGET,
     dtype: torch.dtype = torch.float64,
     elbo_samples: int = 100,
+    seed: int | None = None,
+    distributed: bool = False,
 ) -> BoundLadder:
     """Compute the ELBO-to-IWAE bound ladder on data ``x``.
 
@@ -135,6 +138,9 @@ def bounds(
         memory_budget: Bytes of working memory (see :func:`pvae.log_px`).
         dtype: Accumulation dtype.
         elbo_samples: Draws per datapoint for the analytic-KL ELBO's reconstruction term.
+        seed: Per-block seeding, as in :func:`pvae.log_px` (sharding-invariant numbers).
+        distributed: Share the blocks across the ranks of a ``torch.distributed`` job and
+            gather the results (the analytic-KL ELBO is computed on every rank with ``seed``).
 
     Returns:
         A :class:`BoundLadder`.
@@ -152,28 +158,32 @@ def bounds(
     kmax = ks[-1]
     elbo_samples = positive_int("elbo_samples", elbo_samples)
     block, chunk = _plan(vae, x, kmax, memory_budget, dtype, keep=True)
-    rung_vals: dict[int, list[Tensor]] = {k: [] for k in ks}
-    rung_vars: dict[int, list[Tensor]] = {k: [] for k in ks}
-    lses, lse2s, khats = [], [], []
-    for lse, lse2, kept in _blocks(vae, x, kmax, block, chunk, dtype, keep=True):
-        lses.append(lse)
-        lse2s.append(lse2)
-        khats.append(torch.from_numpy(pareto_khat(kept.cpu().numpy())))
+    parts: dict[int, Tensor] = {}
+    for i, lse, lse2, kept in _blocks(vae, x, kmax, block, chunk, dtype, True, seed, distributed):
+        cols = [lse, lse2, torch.from_numpy(pareto_khat(kept.cpu().numpy())).to(lse)]
         for k in ks[:-1]:
             g = kmax // k
             groups = kept[:, : g * k].reshape(-1, g, k).logsumexp(-1) - math.log(k)
-            rung_vals[k].append(groups.mean(1))
-            rung_vars[k].append(groups.var(1) / g if g > 1 else torch.full_like(lse, math.nan))
-    top = _finish(torch.cat(lses), torch.cat(lse2s), torch.cat(khats), kmax, math.prod(x.shape[1:]))
-    rung_vals[kmax], rung_vars[kmax] = [top.log_px], [top.se**2]
-    iwae = {k: _mean_se(torch.cat(rung_vals[k]).cpu(), torch.cat(rung_vars[k]).cpu()) for k in ks}
+            cols += [groups.mean(1), groups.var(1) / g if g > 1 else torch.full_like(lse, math.nan)]
+        parts[i] = torch.stack(cols)
+    num_blocks = -(-x.shape[0] // block)
+    table = torch.cat(
+        gather_blocks(parts, num_blocks) if distributed else [parts[i] for i in range(num_blocks)],
+        dim=1,
+    )
+    top = _finish(table[0], table[1], table[2], kmax, math.prod(x.shape[1:]))
+    rung_vals = {k: table[3 + 2 * j] for j, k in enumerate(ks[:-1])}
+    rung_vars = {k: table[4 + 2 * j] for j, k in enumerate(ks[:-1])}
+    rung_vals[kmax], rung_vars[kmax] = top.log_px, top.se**2
+    iwae = {k: _mean_se(rung_vals[k].cpu(), rung_vars[k].cpu()) for k in ks}
 
-    est = evaluate_elbo(vae, x, num_samples=elbo_samples, analytic_kl=True)
+    with _seeded(seed, -1, x.device):
+        est = evaluate_elbo(vae, x, num_samples=elbo_samples, analytic_kl=True)
     elbo_se2 = est.se.double().cpu() ** 2
     elbo_vals = est.elbo.double().cpu()
     if not est.analytic_kl:  # the Monte Carlo rung with k_max draws is the better ELBO
-        elbo_vals = torch.cat(rung_vals[1]).cpu() if 1 in rung_vals else elbo_vals
-        elbo_se2 = torch.cat(rung_vars[1]).cpu() if 1 in rung_vars else elbo_se2
+        elbo_vals = rung_vals[1].cpu() if 1 in rung_vals else elbo_vals
+        elbo_se2 = rung_vars[1].cpu() if 1 in rung_vars else elbo_se2
     gap = top.log_px - elbo_vals
     return BoundLadder(
         n=x.shape[0],

@@ -26,9 +26,11 @@ Log-sum-exp accumulators make the result exact under chunking and stable for log
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyro
@@ -37,6 +39,8 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from pvae._checks import positive_int
+from pvae.distributed import gather_blocks
+from pvae.distributed import info as dist_info
 from pvae.evaluation._psis import pareto_khat
 from pvae.model import VAE
 
@@ -189,28 +193,63 @@ def _plan(
 
 
 def _blocks(
-    vae: VAE, x: Tensor, k: int, block: int, chunk: int, dtype: torch.dtype, keep: bool
-) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
-    """Per block of datapoints: log-sum-exp of w and of w², and the ``(b, k)`` log weights."""
+    vae: VAE,
+    x: Tensor,
+    k: int,
+    block: int,
+    chunk: int,
+    dtype: torch.dtype,
+    keep: bool,
+    seed: int | None = None,
+    distributed: bool = False,
+) -> Iterator[tuple[int, Tensor, Tensor, Tensor | None]]:
+    """Per block of datapoints: its index, the log-sum-exp of w and of w², and the ``(b, k)``
+    log weights.
+
+    With ``seed``, block i draws from a generator seeded by (seed, i): the numbers of a datapoint
+    then do not depend on which process computes its block. With ``distributed``, this rank
+    computes only the blocks i ≡ rank (mod world size).
+    """
+    d = dist_info() if distributed else None
     # Inputs were checked once in _check; per-chunk argument validation would only cost time.
     with pyro.validation_enabled(False):
         prior = vae.prior()
-        for xb in x.split(block):
-            b = xb.shape[0]
-            lse = torch.full((b,), -math.inf, dtype=dtype, device=x.device)
-            lse2 = lse.clone()
-            kept = torch.empty((b, k), dtype=dtype, device=x.device) if keep else None
-            q = vae.encode(xb)
-            for start in range(0, k, chunk):
-                c = min(chunk, k - start)
-                z = q.rsample((c,))  # randn + affine: cheaper than sample()'s torch.normal
-                lw = vae.log_likelihood(z, xb) + prior.log_prob(z) - q.log_prob(z)
-                lw = lw.to(dtype)
-                lse = torch.logaddexp(lse, lw.logsumexp(0))
-                lse2 = torch.logaddexp(lse2, (2 * lw).logsumexp(0))
-                if kept is not None:
-                    kept[:, start : start + c] = lw.T
-            yield lse, lse2, kept
+        for i, xb in enumerate(x.split(block)):
+            if d is not None and i % d.world_size != d.rank:
+                continue
+            with _seeded(seed, i, x.device):
+                yield (i, *_block(vae, prior, xb, k, chunk, dtype, keep))
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, i: int, device: torch.device) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed * 1_000_003 + i)
+        yield
+
+
+def _block(
+    vae: VAE, prior: Any, xb: Tensor, k: int, chunk: int, dtype: torch.dtype, keep: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One block of datapoints: k draws each, in chunks, into log-sum-exp accumulators."""
+    b = xb.shape[0]
+    lse = torch.full((b,), -math.inf, dtype=dtype, device=xb.device)
+    lse2 = lse.clone()
+    kept = torch.empty((b, k), dtype=dtype, device=xb.device) if keep else None
+    q = vae.encode(xb)
+    for start in range(0, k, chunk):
+        c = min(chunk, k - start)
+        z = q.rsample((c,))  # randn + affine: cheaper than sample()'s torch.normal
+        lw = (vae.log_likelihood(z, xb) + prior.log_prob(z) - q.log_prob(z)).to(dtype)
+        lse = torch.logaddexp(lse, lw.logsumexp(0))
+        lse2 = torch.logaddexp(lse2, (2 * lw).logsumexp(0))
+        if kept is not None:
+            kept[:, start : start + c] = lw.T
+    return lse, lse2, kept
 
 
 def _finish(lse: Tensor, lse2: Tensor, khat: Tensor, k: int, num_dims: int) -> LogPxEstimate:
@@ -230,6 +269,8 @@ def log_px(
     memory_budget: int = DEFAULT_BUDGET,
     dtype: torch.dtype = torch.float64,
     khat: bool = True,
+    seed: int | None = None,
+    distributed: bool = False,
 ) -> LogPxEstimate:
     """Estimate log p(x) for every datapoint in ``x`` by importance sampling from the guide.
 
@@ -241,6 +282,11 @@ def log_px(
             decoder activations). Chunk sizes follow from it; results do not depend on it.
         dtype: Accumulation dtype of the log-sum-exp statistics (float64 by default).
         khat: Compute PSIS k̂ (keeps the k log weights of a block of datapoints in memory).
+        seed: Seed each block of datapoints by its position, so results do not depend on how
+            the data are split across processes (the global RNG is left untouched).
+        distributed: In a ``torch.distributed`` job, compute this rank's share of the blocks and
+            gather every datapoint's result on every rank (same numbers as one process with the
+            same ``seed``).
 
     Returns:
         A :class:`LogPxEstimate`.
@@ -259,12 +305,17 @@ def log_px(
     """
     k = _check(vae, x, k)
     block, chunk = _plan(vae, x, k, memory_budget, dtype, keep=khat)
-    out_lse, out_lse2, out_khat = [], [], []
-    for lse, lse2, kept in _blocks(vae, x, k, block, chunk, dtype, keep=khat):
-        out_lse.append(lse)
-        out_lse2.append(lse2)
-        if kept is not None:
-            out_khat.append(torch.from_numpy(pareto_khat(kept.cpu().numpy())))
-    lse, lse2 = torch.cat(out_lse), torch.cat(out_lse2)
-    kh = torch.cat(out_khat) if khat else torch.full_like(lse, math.nan)
+    parts: dict[int, Tensor] = {}
+    for i, lse, lse2, kept in _blocks(vae, x, k, block, chunk, dtype, khat, seed, distributed):
+        kh = (
+            torch.from_numpy(pareto_khat(kept.cpu().numpy())).to(lse)
+            if kept is not None
+            else torch.full_like(lse, math.nan)
+        )
+        parts[i] = torch.stack([lse, lse2, kh])
+    num_blocks = -(-x.shape[0] // block)
+    lse, lse2, kh = torch.cat(
+        gather_blocks(parts, num_blocks) if distributed else [parts[i] for i in range(num_blocks)],
+        dim=1,
+    )
     return _finish(lse, lse2, kh, k, math.prod(x.shape[1:]))

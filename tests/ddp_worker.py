@@ -1,0 +1,101 @@
+"""Worker run by tests/test_distributed.py under torchrun (2 gloo processes on the CPU).
+
+Usage: ddp_worker.py MODE OUT   with MODE one of train, evaluate, fail.
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+import pvae
+from pvae import distributed
+
+N, B = 64, 8  # 64 datapoints; per-rank batch 8 (the single-process reference uses 16)
+
+
+def data() -> torch.Tensor:
+    return torch.rand(N, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+
+
+def noiseless_vae() -> pvae.VAE:
+    """A Gaussian VAE whose guide has (numerically) zero scale: the draws of z are its mean, so
+    the distributed and single-process runs see the same numbers whatever the random streams."""
+    torch.manual_seed(0)
+    enc = pvae.nets.MLP((1, 3, 3), 4, hidden=(16,))
+    with torch.no_grad():
+        enc.net[-1].bias[2:] = -20.0  # σ = softplus(-20) ≈ 2e-9: z = its mean to float32 precision
+    guide = pvae.guides.DiagonalNormal(enc, 2, min_scale=0.0)
+    lik = pvae.likelihoods.Gaussian(scale=0.5, learn_scale=True)
+    return pvae.VAE(pvae.priors.LearnedGaussian(2), lik, guide, data_shape=(1, 3, 3), hidden=(16,))
+
+
+def train(out: str) -> None:
+    d = distributed.info()
+    vae = noiseless_vae()
+    batch = B if d is not None else 2 * B
+    seen: dict[str, bool] = {}
+
+    def check(_record: dict) -> None:
+        # Every parameter is in DDP's all-reduce: after a step, gradients agree on all ranks.
+        for name, p in vae.named_parameters():
+            seen[name] = p.grad is not None
+            if d is not None and p.grad is not None:
+                g = [torch.zeros_like(p.grad) for _ in range(d.world_size)]
+                dist.all_gather(g, p.grad)
+                assert torch.equal(g[0], g[1]), name
+
+    pvae.fit(
+        vae,
+        data(),
+        epochs=3,
+        batch_size=batch,
+        lr=1e-2,
+        progress=False,
+        device="cpu",
+        on_epoch=check,
+    )
+    assert all(seen.values()) and len(seen) == len(list(vae.parameters())), seen
+    if d is None or d.is_main:
+        torch.save({k: v.detach() for k, v in vae.state_dict().items()}, out)
+
+
+def evaluate(out: str) -> None:
+    m = pvae.LinearGaussian(data_dim=6, latent_dim=2, sigma=0.5)
+    vae, x = m.vae(loc_shift=0.3, scale_factor=1.3), m.sample(37)  # 37: uneven shards
+    est = pvae.log_px(
+        vae, x, k=300, seed=5, memory_budget=50_000, distributed=distributed.info() is not None
+    )
+    ladder = pvae.bounds(
+        vae,
+        x,
+        ks=(1, 10, 100),
+        seed=5,
+        memory_budget=50_000,
+        distributed=distributed.info() is not None,
+    )
+    d = distributed.info()
+    if d is None or d.is_main:
+        torch.save(
+            {"log_px": est.log_px, "se": est.se, "khat": est.khat, "ladder": ladder.to_dict()}, out
+        )
+
+
+def fail(out: str) -> None:
+    d = distributed.info()
+
+    def boom(record: dict) -> None:
+        if d is not None and d.rank == 1 and record["epoch"] == 1:
+            raise RuntimeError("rank 1 failed on purpose")
+
+    pvae.fit(
+        noiseless_vae(), data(), epochs=5, batch_size=B, progress=False, device="cpu", on_epoch=boom
+    )
+
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], sys.argv[2]
+    distributed.init()
+    {"train": train, "evaluate": evaluate, "fail": fail}[mode](out)
+    if distributed.info() is not None:
+        dist.destroy_process_group()
