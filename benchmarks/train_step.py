@@ -37,25 +37,36 @@ def nets(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     return enc.to(device), dec.to(device)
 
 
-def pvae_step(device: torch.device, n: int):
+def make_vae(device: torch.device) -> pvae.VAE:
+    """The benchmark architecture as a pvae VAE (same initial weights as the other two)."""
     enc, dec = nets(device)
+    guide = pvae.guides.DiagonalNormal(enc, LATENT)
     vae = pvae.VAE(
         pvae.priors.StandardNormal(LATENT),
         pvae.likelihoods.Bernoulli(),
-        pvae.guides.DiagonalNormal(enc, LATENT),
+        guide,
         dec,
         data_shape=(1, 28, 28),
-    ).to(device)
+    )
+    return vae.to(device)
+
+
+def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+    """The optimizer step every implementation shares."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def pvae_step(device: torch.device, n: int):
+    vae = make_vae(device)
     elbo = pvae.objectives.make_objective("meanfield_elbo")
     loss_fn = _loss_function(vae, elbo, "meanfield_elbo", True, 1, False, "reparam")
     opt = _make_optimizer("adam", vae.parameters(), 1e-3, None)
 
     def step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        loss = loss_fn(x, idx, n) / n
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return update(opt, loss_fn(x, idx, n) / n)
 
     return step, vae
 
@@ -72,11 +83,7 @@ def hand_step(device: torch.device, n: int):
         logits = dec(z)
         recon = -F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
         kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
-        loss = -(recon - kl) / x.shape[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        return update(opt, -(recon - kl) / x.shape[0])
 
     return step, None
 
@@ -152,13 +159,7 @@ def epoch_times(device: torch.device) -> dict[str, float]:
         sync(device)
         out[name] = time.perf_counter() - t0
     # pvae.fit end to end (validation ELBO included), for reference.
-    enc, dec = nets(device)
-    vae = pvae.VAE(
-        pvae.priors.StandardNormal(LATENT),
-        pvae.likelihoods.Bernoulli(),
-        pvae.guides.DiagonalNormal(enc, LATENT),
-        dec,
-    )
+    vae = make_vae(device)
     t0 = time.perf_counter()
     pvae.fit(vae, data, epochs=1, batch_size=128, progress=False, device=device)
     out["pvae.fit (with validation)"] = time.perf_counter() - t0

@@ -89,12 +89,7 @@ class Bernoulli(Likelihood):
         return -bce.sum(tuple(range(-event_dim, 0)))
 
     def check_data(self, x: Tensor, *, name: str = "data") -> None:
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"{name} must lie in [0, 1] for a Bernoulli likelihood, got values in "
-                f"[{lo:.4g}, {hi:.4g}]; rescale it, or use a Gaussian likelihood"
-            )
+        _check_unit_interval(x, name, "Bernoulli", "; rescale it, or use a Gaussian likelihood")
         if not bool(((x == 0) | (x == 1)).all()):
             warnings.warn(
                 f"{name} is not binary: a Bernoulli likelihood is then not a normalized density "
@@ -121,12 +116,7 @@ class ContinuousBernoulli(Likelihood):
         return dist.ContinuousBernoulli(logits=params, validate_args=False).to_event(event_dim)
 
     def check_data(self, x: Tensor, *, name: str = "data") -> None:
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"{name} must lie in [0, 1] for a continuous Bernoulli likelihood, got values in "
-                f"[{lo:.4g}, {hi:.4g}]"
-            )
+        _check_unit_interval(x, name, "continuous Bernoulli")
 
 
 class _LocScale(Likelihood):
@@ -315,6 +305,15 @@ class Categorical256(Likelihood):
 
     def check_data(self, x: Tensor, *, name: str = "data") -> None:
         _check_levels(x, name, "256-level categorical")
+
+
+def _check_unit_interval(x: Tensor, name: str, what: str, hint: str = "") -> None:
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"{name} must lie in [0, 1] for a {what} likelihood, got values in "
+            f"[{lo:.4g}, {hi:.4g}]{hint}"
+        )
 
 
 def _check_levels(x: Tensor, name: str, what: str) -> None:

@@ -24,6 +24,15 @@ def small(prior):
     return pvae.VAE(p, data_shape=(1, 3, 3), hidden=(8,)).double()
 
 
+def assert_same(a, ga, b, gb):
+    """Equal losses and gradients (a parameter may be out of both graphs: free bits)."""
+    assert float(b.detach()) == pytest.approx(float(a.detach()), rel=1e-12)
+    for u, v in zip(ga, gb, strict=True):
+        assert (u is None) == (v is None)
+        if u is not None:
+            torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+
+
 def loss_and_grads(fn, vae):
     pyro.set_rng_seed(0)
     loss = fn()
@@ -54,11 +63,7 @@ def test_elbo_loss_and_gradients_equal_pyro(kind, prior, particles, weights, flo
         vae,
     )
     b, gb = loss_and_grads(lambda: FusedObjective(kind, p, vec).loss(vae, x, 60), vae)
-    assert float(b.detach()) == pytest.approx(float(a.detach()), rel=1e-12)
-    for u, v in zip(ga, gb, strict=True):
-        assert (u is None) == (v is None)  # free bits can take a parameter out of the graph
-        if u is not None:
-            torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+    assert_same(a, ga, b, gb)
 
 
 @pytest.mark.parametrize("estimator", ["reparam", "stl", "dreg"])
@@ -72,11 +77,7 @@ def test_iwae_loss_and_gradients_equal_the_pyro_objective(estimator, prior, floa
     b, gb = loss_and_grads(
         lambda: FusedObjective("iwae", 5, estimator=estimator).loss(vae, x, 60), vae
     )
-    assert float(b.detach()) == pytest.approx(float(a.detach()), rel=1e-12)
-    for u, v in zip(ga, gb, strict=True):
-        assert (u is None) == (v is None)  # free bits can take a parameter out of the graph
-        if u is not None:
-            torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+    assert_same(a, ga, b, gb)
 
 
 @pytest.mark.parametrize("objective", ["elbo", "meanfield_elbo", "iwae"])

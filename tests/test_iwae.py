@@ -47,20 +47,21 @@ def test_value_and_plate_scale_do_not_depend_on_estimator(x, estimator):
     assert float(scaled.detach()) == pytest.approx(ref * 50 / 5, rel=1e-12)
 
 
-def decoder_grads(vae, x, estimator, k):
+def grads(vae, x, estimator, k, part):
+    """Gradient of the IWAE loss with respect to ``vae.<part>``'s parameters, flattened."""
     vae.zero_grad()
     IWAE(num_particles=k, estimator=estimator).differentiable_loss(
         vae.model, vae.guide, x
     ).backward()
-    return torch.cat([p.grad.flatten() for p in vae.decoder.parameters()])
+    return torch.cat([p.grad.flatten() for p in getattr(vae, part).parameters()])
+
+
+def decoder_grads(vae, x, estimator, k):
+    return grads(vae, x, estimator, k, "decoder")
 
 
 def encoder_grads(vae, x, estimator, k):
-    vae.zero_grad()
-    IWAE(num_particles=k, estimator=estimator).differentiable_loss(
-        vae.model, vae.guide, x
-    ).backward()
-    return torch.cat([p.grad.flatten() for p in vae.encoder.parameters()])
+    return grads(vae, x, estimator, k, "encoder")
 
 
 def closed_form_decoder_grad(vae, x):
