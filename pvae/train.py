@@ -432,16 +432,16 @@ class _Objective(nn.Module):
 
 
 def _rank_rng(state: dict[str, Any], d: D.DistInfo | None) -> dict[str, Any]:
-    """This rank's RNG state from a checkpoint (single-process or distributed)."""
-    if "ranks" not in state:
-        return state
-    ranks = state["ranks"]
-    if d is None or len(ranks) != d.world_size:
+    """This rank's RNG state from a checkpoint. An exact resume needs the world size the
+    checkpoint was written with (otherwise ranks would share one stream of noise)."""
+    ranks = state.get("ranks", [state])
+    world = 1 if d is None else d.world_size
+    if len(ranks) != world:
         raise CheckpointError(
-            f"checkpoint holds the RNG states of {len(ranks)} ranks; resume it with "
-            f"--nproc_per_node={len(ranks)} (this job has {1 if d is None else d.world_size})"
+            f"checkpoint was written by {len(ranks)} process(es); resume it with the same number "
+            f"(torchrun --nproc_per_node={len(ranks)}), this job has {world}"
         )
-    return ranks[d.rank]
+    return ranks[0 if d is None else d.rank]
 
 
 def _validation_elbo(vae: VAE, x: Tensor, batch_size: int, d: D.DistInfo | None) -> dict:
@@ -449,11 +449,10 @@ def _validation_elbo(vae: VAE, x: Tensor, batch_size: int, d: D.DistInfo | None)
     the per-datapoint values are gathered on every rank."""
     if d is None:
         return evaluate_elbo(vae, x, batch_size=batch_size).summary()
-    part = x.tensor_split(d.world_size)[d.rank]
-    e = evaluate_elbo(vae, part, batch_size=batch_size)
-    every = torch.cat(
-        D.gather_blocks({d.rank: torch.stack([e.elbo, e.recon, e.kl])}, d.world_size), dim=1
-    )
+    part = x.tensor_split(d.world_size)[d.rank]  # may be empty when N < world size
+    e = evaluate_elbo(vae, part if part.shape[0] else x[:1], batch_size=batch_size)
+    mine = torch.stack([e.elbo, e.recon, e.kl])[:, : part.shape[0]]
+    every = torch.cat(D.gather_blocks({d.rank: mine}, d.world_size), dim=1)
     nan = torch.full_like(every[0], math.nan)
     return ElboEstimate(every[0], every[1], every[2], e.analytic_kl, e.num_dims, nan).summary()
 
