@@ -31,7 +31,6 @@ from pvae.checkpoint import CheckpointError
 from pvae.config import load_config
 from pvae.datasets import DataUnavailableError
 from pvae.evaluation import bounds, evaluate_elbo, log_px
-from pvae.images import sample_grid
 from pvae.model import VAE
 from pvae.runs import load_run, read_run_config, train_from_config
 from pvae.train import TrainingDivergedError
@@ -209,10 +208,12 @@ def _plot(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
     pyro.set_rng_seed(args.seed)
-    path = sample_grid(run.vae, args.out, n=args.n)
-    if path is None:
+    from pvae import plotting
+
+    if not plotting.is_image_shape(run.vae.data_shape):
         raise ValueError(f"samples of shape {run.vae.data_shape} are not images; nothing to draw")
-    print(f"wrote {args.n} samples to {path}")
+    plotting.samples(run.vae, n=args.n, path=args.out)
+    print(f"wrote {args.n} samples to {args.out}")
     return 0
 
 

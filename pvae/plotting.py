@@ -18,6 +18,7 @@ from pvae.model import VAE, point_estimate
 
 __all__ = [
     "interpolation",
+    "is_image_shape",
     "khat_plot",
     "kl_bars",
     "latent_manifold",
@@ -54,6 +55,11 @@ def _finish(fig: Any, path: str | Path | None) -> Any:
         if not _interactive():  # saved to disk: release pyplot's reference (no figure pile-up)
             _plt().close(fig)
     return fig
+
+
+def is_image_shape(shape: Sequence[int] | None) -> bool:
+    """Whether datapoints of this shape are images (1 or 3 channels) that grids can show."""
+    return shape is not None and len(shape) == 3 and shape[0] in (1, 3)
 
 
 def _images(x: Tensor) -> np.ndarray:

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pvae import distributed as D
-from pvae import images
 from pvae._checks import one_of, positive_float, positive_int
 from pvae.checkpoint import (
     CheckpointError,
@@ -409,12 +408,13 @@ def fit(
     if d is not None:
         torch.distributed.barrier()
     if run_path is not None and main:
-        shown = (val if val is not None else train).observed()
-        images.reconstruction_grid(vae, shown, run_path / "reconstructions.png")
-        images.sample_grid(vae, run_path / "samples.png")
-        from pvae.plotting import training_curves
+        from pvae import plotting
 
-        training_curves(history, path=run_path / "curves.png")
+        if plotting.is_image_shape(vae.data_shape):
+            shown = (val if val is not None else train).observed()
+            plotting.reconstructions(vae, shown, path=run_path / "reconstructions.png")
+            plotting.samples(vae, path=run_path / "samples.png")
+        plotting.training_curves(history, path=run_path / "curves.png")
     return FitResult(vae, history, run_path)
 
 
