@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,8 +327,10 @@ def dumps_toml(d: Mapping[str, Any], prefix: str = "") -> str:
 
 
 # -- building -------------------------------------------------------------------------------------
-def _instantiate(kind: str, cls: Callable[..., Any], kwargs: Mapping[str, Any], **fixed: Any):
-    """Call ``cls(**fixed, **kwargs)``, rejecting keyword arguments it does not accept."""
+def _check_kwargs(
+    where: str, cls: Callable[..., Any], kwargs: Mapping[str, Any], fixed: Collection[str] = ()
+) -> None:
+    """Reject keyword arguments ``cls`` does not accept (shapes and fixed ones aside)."""
     params = inspect.signature(cls).parameters
     valid = sorted(
         p
@@ -340,9 +342,14 @@ def _instantiate(kind: str, cls: Callable[..., Any], kwargs: Mapping[str, Any], 
     for key in kwargs:
         if key not in valid:
             raise ValueError(
-                f"unknown keyword argument {key!r} for model.{kind}; valid: "
+                f"unknown keyword argument {key!r} for {where}; valid: "
                 f"{', '.join(valid) if valid else '(none)'}"
             )
+
+
+def _instantiate(kind: str, cls: Callable[..., Any], kwargs: Mapping[str, Any], **fixed: Any):
+    """Call ``cls(**fixed, **kwargs)``, rejecting keyword arguments it does not accept."""
+    _check_kwargs(f"model.{kind}", cls, kwargs, fixed)
     return cls(**fixed, **kwargs)
 
 
@@ -363,7 +370,7 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> VAE:
     guide_cls = lookup("model.guide.name", GUIDES, gname)
     name, kw = _split(model.encoder)
     make = lookup("model.encoder.name", ENCODERS, name)
-    _check_net_kwargs("encoder", name, kw)
+    _check_kwargs(f"model.encoder {name!r}", _NET_KWARGS[("encoder", name)], kw)
     width_kw = {
         k: v for k, v in gkw.items() if k in inspect.signature(guide_cls.num_params).parameters
     }
@@ -371,20 +378,9 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> VAE:
     encoder = _instantiate("guide", guide_cls, gkw, net=enc_net, latent_dim=latent)
     name, kw = _split(model.decoder)
     make = lookup("model.decoder.name", DECODERS, name)
-    _check_net_kwargs("decoder", name, kw)
+    _check_kwargs(f"model.decoder {name!r}", _NET_KWARGS[("decoder", name)], kw)
     decoder = make(latent, lik.param_shape(data_shape), **kw)
     return VAE(prior, lik, encoder, decoder, data_shape=data_shape)
-
-
-def _check_net_kwargs(kind: str, name: str, kw: Mapping[str, Any]) -> None:
-    params = inspect.signature(_NET_KWARGS[(kind, name)]).parameters
-    valid = sorted(p for p in params if p not in _NET_POSITIONAL)
-    for key in kw:
-        if key not in valid:
-            raise ValueError(
-                f"unknown keyword argument {key!r} for model.{kind} {name!r}; valid: "
-                f"{', '.join(valid)}"
-            )
 
 
 def load_data(data: DataConfig) -> datasets.DataSplits:

@@ -11,7 +11,6 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from pvae._checks import lookup, positive_int
@@ -183,18 +182,3 @@ class ConvDecoder(nn.Module):
         batch = z.shape[:-1]
         y = self.fc(z.reshape(-1, self.latent_dim)).reshape(-1, *self.start)
         return self.net(y).reshape(*batch, *self.out_shape)
-
-
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def describe(module: nn.Module) -> str:
-    """One line: class name and parameter count."""
-    return f"{type(module).__name__}({_count(module):,} parameters)"
-
-
-@torch.no_grad()
-def output_shape(net: nn.Module, in_shape: Sequence[int], like: Tensor) -> tuple[int, ...]:
-    """Shape of ``net``'s output for one input of shape ``in_shape`` (a dry run on zeros)."""
-    return tuple(net(torch.zeros(2, *in_shape, dtype=like.dtype, device=like.device)).shape[1:])

@@ -44,7 +44,7 @@ from pvae.distributed import info as dist_info
 from pvae.evaluation._psis import pareto_khat
 from pvae.model import VAE
 
-__all__ = ["LogPxEstimate", "log_px", "log_weights"]
+__all__ = ["LogPxEstimate", "log_px"]
 
 DEFAULT_BUDGET = 1 << 30  # bytes of working memory
 # Largest activation working set per chunk that stays fast: caches on a CPU (measured on digits:
@@ -156,13 +156,6 @@ def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
     ba, bb = base(a), base(b)
     bounds = [(getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)) for c in (ba, bb)]
     return a.event_dim == b.event_dim and type(ba) is type(bb) and bounds[0] == bounds[1]
-
-
-def log_weights(vae: VAE, x: Tensor, k: int) -> Tensor:
-    """``(k, B)`` log weights :math:`\\log p(x, z_i) - \\log q(z_i\\mid x)`, z from the guide."""
-    q = vae.encode(x)
-    z = q.rsample((k,))
-    return vae.decode(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)
 
 
 def _plan(

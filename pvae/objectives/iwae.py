@@ -211,11 +211,3 @@ class IWAE(pyro.infer.ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return float(loss.detach())
-
-    def per_datapoint(
-        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Tensor:
-        """Unscaled per-datapoint IWAE estimates, shape ``(B,)`` (no gradient)."""
-        with torch.no_grad():
-            lw, _, _ = self._log_weights(model, guide, args, kwargs)
-        return self._iwae(lw)
