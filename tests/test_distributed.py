@@ -40,13 +40,19 @@ def single(*args: str):
     )
 
 
+def distributed_and_single(mode: str, tmp_path: Path) -> tuple[dict, dict]:
+    """Run the worker in ``mode`` on 2 ranks and in one process; return both results."""
+    for name, proc in (
+        ("ddp", lambda out: torchrun(str(WORKER), mode, out)),
+        ("one", lambda out: single(mode, out)),
+    ):
+        res = proc(str(tmp_path / f"{name}.pt"))
+        assert res.returncode == 0, res.stderr[-3000:]
+    return tuple(torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("ddp", "one"))
+
+
 def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path):
-    ddp = torchrun(str(WORKER), "train", str(tmp_path / "ddp.pt"))
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = single("train", str(tmp_path / "one.pt"))
-    assert one.returncode == 0, one.stderr[-3000:]
-    a = torch.load(tmp_path / "ddp.pt", weights_only=True)
-    b = torch.load(tmp_path / "one.pt", weights_only=True)
+    a, b = distributed_and_single("train", tmp_path)
     assert a.keys() == b.keys()
     for k in a:
         # Same minibatches, same (noiseless) draws, gradients averaged over ranks: the runs
@@ -55,12 +61,7 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path):
 
 
 def test_distributed_evaluation_equals_one_process_exactly(tmp_path):
-    ddp = torchrun(str(WORKER), "evaluate", str(tmp_path / "ddp.pt"))
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = single("evaluate", str(tmp_path / "one.pt"))
-    assert one.returncode == 0, one.stderr[-3000:]
-    a = torch.load(tmp_path / "ddp.pt", weights_only=True)
-    b = torch.load(tmp_path / "one.pt", weights_only=True)
+    a, b = distributed_and_single("evaluate", tmp_path)
     for key in ("log_px", "se", "khat"):
         assert torch.equal(a[key], b[key]), key
     assert a["ladder"] == b["ladder"]
