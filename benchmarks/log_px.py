@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import pvae
-from pvae.evaluation.log_px import DEFAULT_BUDGET, _plan
+from pvae.evaluation._weights import DEFAULT_BUDGET, plan, resolve
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -83,7 +83,7 @@ def handwritten(vae: pvae.VAE, x: torch.Tensor, k: int, block: int, chunk: int) 
 
 def run_one(impl: str, k: int, n: int, device: torch.device, repeats: int) -> dict:
     vae, x = build(device), data(n, device)
-    block, chunk = _plan(vae, x, k, DEFAULT_BUDGET, torch.float64, False)
+    block, chunk = plan(resolve(vae, x, None, None), k, DEFAULT_BUDGET, torch.float64, False)
 
     def go() -> torch.Tensor:
         if impl == "pvae":

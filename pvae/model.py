@@ -20,7 +20,8 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.nn import PyroModule
+from pyro.poutine.mask_messenger import MaskMessenger
+from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor, nn
 
 from pvae import nets
@@ -28,6 +29,7 @@ from pvae._checks import positive_int
 from pvae.guides import DiagonalNormal
 from pvae.likelihoods import Bernoulli, Likelihood
 from pvae.priors import Prior
+from pvae.program import PyroProgram
 
 __all__ = ["VAE", "point_estimate"]
 
@@ -48,13 +50,22 @@ def point_estimate(q: dist.TorchDistribution) -> Tensor:
     return q.mean
 
 
-class VAE(PyroModule):
+def _masked_out() -> bool:
+    """Whether every log density of the current site is masked away (``poutine.mask(False)``,
+    as :class:`pyro.infer.Predictive` runs a model): an observation then informs nothing."""
+    return any(isinstance(m, MaskMessenger) and m.mask is False for m in _PYRO_STACK)
+
+
+class VAE(PyroProgram):
     r"""Variational autoencoder over a prior, a likelihood, an encoder (guide) and a decoder.
 
     Components are plain ``nn.Module`` objects, so their parameters are ordinary module
-    parameters: train them with a torch optimizer over ``vae.parameters()`` (what
-    :func:`pvae.fit` does). Pyro's global param store is never used, so two VAEs in one notebook
-    do not share or overwrite each other's weights.
+    parameters: :func:`pvae.fit` trains them with a torch optimizer over ``vae.parameters()``.
+    ``vae.model`` and ``vae.guide`` are also complete Pyro programs for Pyro's own routes:
+    ``pyro.infer.SVI`` with a ``pyro.optim`` optimizer (the parameters appear as ``param``
+    sites named ``"<vae.pyro_name>.<path>"``, unique per instance, so two VAEs in one process
+    stay independent), Pyro's PyTorch-style ``Trace_ELBO()(vae.model, vae.guide)`` module, and
+    ``pyro.infer.Predictive`` (see :meth:`model`).
 
     Args:
         prior: p(z), a :class:`pvae.priors.Prior`.
@@ -65,6 +76,7 @@ class VAE(PyroModule):
             ``(..., *likelihood.param_shape(data_shape))``. Defaults to an MLP.
         data_shape: Shape of one datapoint. If omitted, :func:`pvae.fit` infers it from the data.
         hidden: Hidden widths of the default MLP encoder and decoder.
+        name: Prefix of the parameters' Pyro ``param`` site names (unique by default).
 
     Example:
         >>> import torch, pyro, pvae
@@ -83,8 +95,9 @@ class VAE(PyroModule):
         decoder: nn.Module | None = None,
         data_shape: Sequence[int] | None = None,
         hidden: Sequence[int] = (256, 128),
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name)
         if not isinstance(prior, nn.Module) or not hasattr(prior, "latent_dim"):
             raise TypeError(f"prior must be a pvae.priors.Prior module, got {type(prior).__name__}")
         self.prior = prior
@@ -211,26 +224,61 @@ class VAE(PyroModule):
         return pyro.plate("data", size, subsample=subsample, dim=-1)
 
     def model(
-        self, x: Tensor, size: int | None = None, subsample: Tensor | None = None, **_: Any
+        self,
+        x: Tensor | None = None,
+        size: int | None = None,
+        subsample: Tensor | None = None,
+        batch_size: int | None = None,
+        **_: Any,
     ) -> Tensor:
         """p(z) p(x | z) for a minibatch ``x`` out of ``size`` datapoints.
 
+        With ``x=None`` the model *generates*: it draws ``batch_size`` datapoints (default 1), so
+        ``Predictive(vae.model, num_samples=S)(None, batch_size=B)`` gives prior-predictive x.
+        Under ``poutine.mask(mask=False)``, which is how :class:`pyro.infer.Predictive` runs a
+        model, an observed x would contribute to no log density; the model then draws x from
+        p(x | z) instead of echoing the data, so ``Predictive(vae.model, guide=vae.guide,
+        num_samples=S)(x)`` gives posterior-predictive draws (z from the guide at x).
+
         Args:
-            x: Minibatch of shape ``(B, *data_shape)``.
+            x: Minibatch of shape ``(B, *data_shape)``, or ``None`` to sample.
             size: Size N of the whole dataset; the plate scales log densities by N / B.
             subsample: Indices of the minibatch in the dataset (optional).
+            batch_size: Datapoints to draw when ``x`` is ``None``.
+
+        Returns:
+            x: the observed or the drawn datapoints.
         """
+        if not self.is_built:
+            raise ValueError("the VAE is not built: call vae.build(data_shape) or pvae.fit first")
+        if x is None:
+            n = positive_int("batch_size", batch_size) if batch_size is not None else 1
+            plate = pyro.plate("data", n if size is None else size, subsample_size=n, dim=-1)
+        else:
+            plate = self._plate(x, size, subsample)
+        obs = None if x is None or _masked_out() else x
         # With free bits the guide (run first by every ELBO) decides the scale; reuse it.
         scale = self._scale if self.free_bits > 0 else self.beta
-        with self._plate(x, size, subsample):
+        with plate:
             with _weight(scale):
                 z = pyro.sample("z", self.prior())
-            return pyro.sample("x", self.decode(z), obs=x)
+            return pyro.sample("x", self.decode(z), obs=obs)
 
     def guide(
-        self, x: Tensor, size: int | None = None, subsample: Tensor | None = None, **_: Any
+        self,
+        x: Tensor | None = None,
+        size: int | None = None,
+        subsample: Tensor | None = None,
+        **_: Any,
     ) -> Tensor:
         """q(z | x) in the same ``"data"`` plate as :meth:`model`."""
+        if x is None:
+            raise ValueError(
+                "the guide q(z | x) needs data x; for prior-predictive draws run the model alone "
+                "(Predictive(vae.model, num_samples=S)(None, batch_size=B))"
+            )
+        if not self.is_built:
+            raise ValueError("the VAE is not built: call vae.build(data_shape) or pvae.fit first")
         with self._plate(x, size, subsample):
             q = self.encode(x)
             self._scale = self.kl_scale(q)

@@ -139,7 +139,7 @@ def test_global_latent_is_rejected():
     def guide(x):
         pyro.sample("s", dist.Normal(0.0, 1.0))
 
-    with pytest.raises(ValueError, match="site 's' is outside it"):
+    with pytest.raises(ValueError, match="site 's' is outside the 'data' plate"):
         IWAE(num_particles=3).loss(model, guide, torch.zeros(4))
 
 

@@ -12,7 +12,7 @@ import torch
 
 import pvae
 from pvae.evaluation import _psis
-from pvae.evaluation.log_px import _bytes_per_draw, _plan
+from pvae.evaluation._weights import _bytes_per_draw, plan, resolve
 
 MODEL = pvae.LinearGaussian(data_dim=6, latent_dim=2, sigma=0.5, seed=0)
 
@@ -102,8 +102,9 @@ def test_stable_for_log_weights_far_below_minus_ten_thousand():
 def test_chunking_keeps_memory_under_budget_and_does_not_change_the_answer(x):
     vae = MODEL.vae(loc_shift=0.3)
     for budget in (200_000, 2_000_000, 1 << 30):
-        block, chunk = _plan(vae, x, 5000, budget, torch.float64, keep=True)
-        per = _bytes_per_draw(vae, x, torch.float64)
+        target = resolve(vae, x, None, None)
+        block, chunk = plan(target, 5000, budget, torch.float64, keep=True)
+        per = _bytes_per_draw(target, torch.float64)
         assert block * 5000 * 8 + block * chunk * per <= budget
     small = pvae.log_px(vae, x, k=5000, memory_budget=200_000)
     large = pvae.log_px(vae, x, k=5000)
@@ -115,8 +116,9 @@ def test_mnist_sized_plan_at_k_5000_fits_a_small_budget():
     vae = pvae.VAE(pvae.priors.StandardNormal(50), data_shape=(1, 28, 28), hidden=(200, 200))
     x = torch.zeros(10_000, 1, 28, 28)
     budget = 256 << 20
-    block, chunk = _plan(vae, x, 5000, budget, torch.float64, keep=True)
-    per = _bytes_per_draw(vae, x, torch.float64)
+    target = resolve(vae, x, None, None)
+    block, chunk = plan(target, 5000, budget, torch.float64, keep=True)
+    per = _bytes_per_draw(target, torch.float64)
     assert block * 5000 * 8 + block * chunk * per <= budget and chunk >= 1
 
 

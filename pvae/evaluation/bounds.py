@@ -16,7 +16,7 @@ with the reconstruction and KL terms. The gap estimates KL(q(z | x) ‖ p(z | x)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,9 @@ from torch import Tensor
 from pvae._checks import positive_int
 from pvae.distributed import gather_blocks
 from pvae.evaluation._psis import pareto_khat
+from pvae.evaluation._weights import DEFAULT_BUDGET, blocks, check_k, plan, resolve, seeded
 from pvae.evaluation.elbo import evaluate_elbo
-from pvae.evaluation.log_px import DEFAULT_BUDGET, _blocks, _check, _finish, _plan, _seeded
-from pvae.model import VAE
+from pvae.evaluation.log_px import _finish
 
 __all__ = ["BoundLadder", "bounds"]
 
@@ -119,28 +119,37 @@ class BoundLadder:
 
 @torch.no_grad()
 def bounds(
-    vae: VAE,
-    x: Tensor,
-    ks: Sequence[int] = (1, 5, 50, 500, 5000),
+    model: Any,
+    x_or_guide: Any,
+    x: Tensor | None = None,
     *,
+    ks: Sequence[int] = (1, 5, 50, 500, 5000),
+    kwargs: Mapping[str, Any] | None = None,
     memory_budget: int = DEFAULT_BUDGET,
     dtype: torch.dtype = torch.float64,
     elbo_samples: int = 100,
     seed: int | None = None,
     distributed: bool = False,
+    fast: bool = True,
 ) -> BoundLadder:
     """Compute the ELBO-to-IWAE bound ladder on data ``x``.
 
+    Called like :func:`pvae.log_px`: ``bounds(pair, x, ks=...)`` or
+    ``bounds(model, guide, x, ks=...)``, for any pair whose sites lie in the ``"data"`` plate.
+
     Args:
-        vae: A VAE.
-        x: Data ``(N, *data_shape)`` on the VAE's device.
+        model: A pair (object with ``.model``/``.guide``) or a model callable.
+        x_or_guide: The data ``(N, *data_shape)``, or the guide when ``model`` is a callable.
+        x: The data, when a guide was passed.
         ks: Numbers of importance samples (each a positive integer).
+        kwargs: Extra keyword arguments of model and guide (see :func:`pvae.log_px`).
         memory_budget: Bytes of working memory (see :func:`pvae.log_px`).
         dtype: Accumulation dtype.
         elbo_samples: Draws per datapoint for the analytic-KL ELBO's reconstruction term.
         seed: Per-block seeding, as in :func:`pvae.log_px` (sharding-invariant numbers).
         distributed: Share the blocks across the ranks of a ``torch.distributed`` job and
             gather the results (the analytic-KL ELBO is computed on every rank with ``seed``).
+        fast: Use the fused fast path where it applies (a standard :class:`~pvae.VAE`).
 
     Returns:
         A :class:`BoundLadder`.
@@ -154,12 +163,14 @@ def bounds(
     """
     if isinstance(ks, int) or not len(ks):
         raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
-    ks = sorted({_check(vae, x, k) for k in ks})
+    ks = sorted({check_k(k, "ks entries") for k in ks})
     kmax = ks[-1]
     elbo_samples = positive_int("elbo_samples", elbo_samples)
-    block, chunk = _plan(vae, x, kmax, memory_budget, dtype, keep=True)
+    target = resolve(model, x_or_guide, x, kwargs, fast=fast)
+    x = target.x
+    block, chunk = plan(target, kmax, memory_budget, dtype, keep=True)
     parts: dict[int, Tensor] = {}
-    for i, lse, lse2, kept in _blocks(vae, x, kmax, block, chunk, dtype, True, seed, distributed):
+    for i, lse, lse2, kept in blocks(target, kmax, block, chunk, dtype, True, seed, distributed):
         cols = [lse, lse2, torch.from_numpy(pareto_khat(kept.cpu().numpy())).to(lse)]
         for k in ks[:-1]:
             g = kmax // k
@@ -177,8 +188,10 @@ def bounds(
     rung_vals[kmax], rung_vars[kmax] = top.log_px, top.se**2
     iwae = {k: _mean_se(rung_vals[k].cpu(), rung_vars[k].cpu()) for k in ks}
 
-    with _seeded(seed, -1, x.device):
-        est = evaluate_elbo(vae, x, num_samples=elbo_samples, analytic_kl=True)
+    with seeded(seed, -1, x.device):
+        est = evaluate_elbo(
+            target.program, x, num_samples=elbo_samples, analytic_kl=True, kwargs=target.kwargs
+        )
     elbo_se2 = est.se.double().cpu() ** 2
     elbo_vals = est.elbo.double().cpu()
     if not est.analytic_kl:  # the Monte Carlo rung with k_max draws is the better ELBO

@@ -5,21 +5,31 @@ r"""Per-datapoint ELBO, reconstruction and KL terms (evaluation only, no gradien
     \mathcal L(x) = \underbrace{\mathbb E_q[\log p(x\mid z)]}_{\text{reconstruction}}
                     - \underbrace{\mathrm{KL}(q(z\mid x)\,\|\,p(z))}_{\text{KL}}
 
-The KL term is the closed form when ``torch.distributions.kl_divergence`` knows the pair, else the
-Monte Carlo average of :math:`\log q(z\mid x) - \log p(z)` over the same samples.
+Defined on Pyro traces (:mod:`pvae.traces`), so it serves any model/guide pair whose sites lie in
+the ``"data"`` plate: the reconstruction term sums the observed sites, the KL term the latent
+sites. Site by site, as :class:`pyro.infer.TraceMeanField_ELBO` does, the KL is the closed form
+when ``torch.distributions.kl_divergence`` knows the pair of the guide's and the model's
+distributions at the drawn values of the site's parents, else the Monte Carlo term
+:math:`\log q - \log p` over the same samples.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import pyro
 import torch
+from pyro.distributions.util import scale_and_mask
 from torch import Tensor
 from torch.distributions import kl_divergence
 
 from pvae._checks import positive_int
-from pvae.model import VAE
+from pvae.evaluation._weights import Target, resolve
+from pvae.program import param_sites
+from pvae.traces import _data_frame, _per_datapoint, particle_traces, site_terms
 
 __all__ = ["ElboEstimate", "evaluate_elbo"]
 
@@ -63,61 +73,94 @@ class ElboEstimate:
         }
 
 
-def _analytic_kl(q: torch.distributions.Distribution, p: torch.distributions.Distribution):
+def _site_kl(guide_site: dict, model_site: dict, n_dims: int, s: int) -> Tensor | None:
+    """Closed-form KL of one latent site, per particle and datapoint, or ``None``."""
     try:
-        return kl_divergence(q, p)
+        kl = kl_divergence(guide_site["fn"], model_site["fn"])
     except NotImplementedError:
         return None
+    kl = scale_and_mask(kl, mask=model_site["mask"])
+    frame = _data_frame(model_site, "data")
+    return _per_datapoint(kl, n_dims, frame.dim, s, frame.size, model_site["name"])
+
+
+def _chunk_terms(
+    target: Target, xb: Tensor, kw: Mapping[str, Any], s: int, analytic_kl: bool
+) -> tuple[Tensor, Tensor, bool]:
+    """``(S, b)`` reconstruction and KL terms of one chunk, and whether the KL was analytic."""
+    model_trace, guide_trace = particle_traces(target.program, (xb,), kw, s, target.nesting)
+    terms = site_terms(model_trace, guide_trace, s, target.nesting)
+    recon = sum(terms.model[name] for name in terms.observed)
+    kl: Tensor | float = 0.0
+    analytic = analytic_kl
+    for name, lq in terms.guide.items():
+        closed = (
+            _site_kl(guide_trace.nodes[name], model_trace.nodes[name], target.nesting + 1, s)
+            if analytic_kl
+            else None
+        )
+        if closed is None:
+            analytic = False
+            closed = lq - terms.model[name]
+        kl = kl + closed
+    return recon, kl, analytic
 
 
 @torch.no_grad()
 def evaluate_elbo(
-    vae: VAE, x: Tensor, num_samples: int = 1, batch_size: int = 1024, analytic_kl: bool = True
+    model: Any,
+    x_or_guide: Any,
+    x: Tensor | None = None,
+    *,
+    num_samples: int = 1,
+    batch_size: int = 1024,
+    analytic_kl: bool = True,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> ElboEstimate:
     """Estimate the ELBO of every datapoint in ``x``, in chunks of ``batch_size`` datapoints.
 
+    Called like :func:`pvae.log_px`: ``evaluate_elbo(pair, x)`` or
+    ``evaluate_elbo(model, guide, x)``.
+
     Args:
-        vae: A built VAE.
-        x: Data of shape ``(N, *data_shape)`` on the VAE's device.
-        num_samples: Samples of z per datapoint for the reconstruction (and MC KL) term.
+        model: A pair (object with ``.model``/``.guide``) or a model callable.
+        x_or_guide: The data, or the guide when ``model`` is a callable.
+        x: The data, when a guide was passed.
+        num_samples: Samples of the latents per datapoint (a vectorized particle plate).
         batch_size: Datapoints per chunk, which bounds peak memory.
-        analytic_kl: Use the closed-form KL when the prior/guide pair has one.
+        analytic_kl: Use the closed-form KL at every latent site that has one.
+        kwargs: Extra keyword arguments of model and guide (see :func:`pvae.log_px`).
 
     Returns:
-        An :class:`ElboEstimate` with one entry per datapoint.
+        An :class:`ElboEstimate` with one entry per datapoint; ``analytic_kl`` says whether
+        every latent site's KL was in closed form.
+
+    Example:
+        >>> import torch, pvae
+        >>> vae = pvae.VAE(pvae.priors.StandardNormal(2), data_shape=(4,))
+        >>> est = pvae.evaluate_elbo(vae, torch.ones(3, 4), num_samples=10)
+        >>> est.elbo.shape, est.analytic_kl
+        (torch.Size([3]), True)
     """
     num_samples = positive_int("num_samples", num_samples)
     batch_size = positive_int("batch_size", batch_size)
-    if x.shape[0] == 0:
-        raise ValueError("x is empty: expected at least one datapoint")
-    elbos, recons, kls, ses = [], [], [], []
+    target = resolve(model, x_or_guide, x, kwargs)
+    x = target.x
+    recons, kls, ses = [], [], []
     used_analytic = analytic_kl
-    prior = vae.prior()
-    for xb in x.split(batch_size):
-        q = vae.encode(xb)
-        z = q.rsample((num_samples,))
-        log_lik = vae.decode(z).log_prob(xb)
-        recon = log_lik.mean(0)
-        kl = _analytic_kl(q, prior) if analytic_kl else None
-        if kl is None:
-            used_analytic = False
-            terms = log_lik - q.log_prob(z) + prior.log_prob(z)  # per-draw ELBO
-            kl = recon - terms.mean(0)
-        else:
-            terms = log_lik
-        ses.append(
-            terms.std(0) / math.sqrt(num_samples)
-            if num_samples > 1
-            else torch.full_like(recon, math.nan)
-        )
-        recons.append(recon)
-        kls.append(kl)
-        elbos.append(recon - kl)
-    return ElboEstimate(
-        torch.cat(elbos),
-        torch.cat(recons),
-        torch.cat(kls),
-        used_analytic,
-        math.prod(x.shape[1:]),
-        torch.cat(ses),
-    )
+    with pyro.validation_enabled(False), param_sites(False):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size]
+            kw = target.kwargs_for(start, start + xb.shape[0])
+            recon_s, kl_s, analytic = _chunk_terms(target, xb, kw, num_samples, analytic_kl)
+            used_analytic = used_analytic and analytic
+            per_draw = recon_s - kl_s  # (S, b)
+            recons.append(recon_s.mean(0))
+            kls.append(torch.as_tensor(kl_s).expand_as(recon_s).mean(0))
+            ses.append(
+                per_draw.std(0) / math.sqrt(num_samples)
+                if num_samples > 1
+                else torch.full_like(recon_s[0], math.nan)
+            )
+    recon, kl = torch.cat(recons), torch.cat(kls)
+    return ElboEstimate(recon - kl, recon, kl, used_analytic, target.num_dims, torch.cat(ses))

@@ -26,31 +26,19 @@ Log-sum-exp accumulators make the result exact under chunking and stable for log
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyro
 import torch
-from torch import Tensor, nn
-from torch.distributions import constraints
+from torch import Tensor
 
-from pvae._checks import positive_int
 from pvae.distributed import gather_blocks
-from pvae.distributed import info as dist_info
 from pvae.evaluation._psis import pareto_khat
-from pvae.model import VAE
+from pvae.evaluation._weights import DEFAULT_BUDGET, blocks, check_k, plan, resolve
 
-__all__ = ["LogPxEstimate", "log_px"]
-
-DEFAULT_BUDGET = 1 << 30  # bytes of working memory
-# Largest activation working set per chunk that stays fast: caches on a CPU (measured on digits:
-# 16-20 MB chunks ran 2x faster than 200 MB ones), throughput-bound kernels on an accelerator.
-_FAST_WORKSET = {"cpu": 16 << 20}
-_FAST_WORKSET_ACCEL = 1 << 30
+__all__ = ["DEFAULT_BUDGET", "LogPxEstimate", "log_px"]
 
 
 @dataclass
@@ -97,154 +85,6 @@ class LogPxEstimate:
         }
 
 
-def _bytes_per_draw(vae: VAE, like: Tensor, dtype: torch.dtype) -> int:
-    """Working memory of one (draw, datapoint) pair: decoder activations and log-prob temps."""
-    total = 0
-
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
-        nonlocal total
-        if isinstance(out, Tensor):
-            total += out.numel() * out.element_size()
-
-    leaves = [m for m in vae.decoder.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            out = vae.decoder(torch.zeros(1, vae.latent_dim, dtype=like.dtype, device=like.device))
-    finally:
-        for h in handles:
-            h.remove()
-    per_out = out.numel() * out.element_size()
-    wide = torch.finfo(dtype).bits // 8
-    # Likelihood log-prob temporaries (a few copies of the output), z, and the log weights.
-    return int(total + 4 * per_out + 4 * vae.latent_dim * like.element_size() + 4 * wide) + 1
-
-
-def _check(vae: VAE, x: Tensor, k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise TypeError(f"k must be a positive integer, got {k!r} ({type(k).__name__})")
-    k = positive_int("k", int(k))
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a tensor of shape (N, *data_shape), got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise ValueError(f"x is empty: expected at least one datapoint, got shape {tuple(x.shape)}")
-    if not vae.is_built:
-        vae.build(x.shape[1:])
-    if tuple(x.shape[1:]) != vae.data_shape:
-        raise ValueError(
-            f"x has datapoints of shape {tuple(x.shape[1:])}, but the VAE was built for "
-            f"{vae.data_shape}"
-        )
-    q, p = vae.encode(x[:1]), vae.prior()
-    if q.event_shape != p.event_shape or not _same_support(q.support, p.support):
-        raise ValueError(
-            f"the guide's distribution (support {q.support}, event shape {tuple(q.event_shape)})"
-            f" does not match the prior's (support {p.support}, event shape "
-            f"{tuple(p.event_shape)}): importance weights p(z)/q(z|x) are then undefined"
-        )
-    return k
-
-
-def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
-    """Whether two supports are the same set (wrappers such as independent or mixture aside)."""
-
-    def base(c: constraints.Constraint) -> constraints.Constraint:
-        while hasattr(c, "base_constraint"):
-            c = c.base_constraint
-        return c
-
-    ba, bb = base(a), base(b)
-    bounds = [(getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)) for c in (ba, bb)]
-    return a.event_dim == b.event_dim and type(ba) is type(bb) and bounds[0] == bounds[1]
-
-
-def _plan(
-    vae: VAE, x: Tensor, k: int, memory_budget: int, dtype: torch.dtype, keep: bool
-) -> tuple[int, int]:
-    """Datapoints per block and draws per chunk that keep the working set under the budget."""
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
-        raise TypeError(f"memory_budget must be an integer number of bytes, got {memory_budget!r}")
-    n = x.shape[0]
-    per_draw = _bytes_per_draw(vae, x, dtype)
-    store = k * (torch.finfo(dtype).bits // 8) if keep else 0  # kept log weights per datapoint
-    need = per_draw + store + x[0].numel() * x.element_size()
-    if memory_budget < need:
-        raise ValueError(
-            f"memory_budget={memory_budget} bytes is too small for one datapoint with k={k}: "
-            f"it needs at least {need} bytes"
-            + (" (or pass khat=False to stream the weights)" if keep else "")
-        )
-    fast = _FAST_WORKSET.get(x.device.type, _FAST_WORKSET_ACCEL)
-    block = max(1, min(n, (memory_budget // 2) // store if keep else n))
-
-    def workset(b: int) -> int:
-        return min(memory_budget - b * store, fast)
-
-    while block > 1 and workset(block) < block * per_draw * min(k, 16):
-        block //= 2
-    return block, max(1, min(k, workset(block) // (block * per_draw)))
-
-
-def _blocks(
-    vae: VAE,
-    x: Tensor,
-    k: int,
-    block: int,
-    chunk: int,
-    dtype: torch.dtype,
-    keep: bool,
-    seed: int | None = None,
-    distributed: bool = False,
-) -> Iterator[tuple[int, Tensor, Tensor, Tensor | None]]:
-    """Per block of datapoints: its index, the log-sum-exp of w and of w², and the ``(b, k)``
-    log weights.
-
-    With ``seed``, block i draws from a generator seeded by (seed, i): the numbers of a datapoint
-    then do not depend on which process computes its block. With ``distributed``, this rank
-    computes only the blocks i ≡ rank (mod world size).
-    """
-    d = dist_info() if distributed else None
-    # Inputs were checked once in _check; per-chunk argument validation would only cost time.
-    with pyro.validation_enabled(False):
-        prior = vae.prior()
-        for i, xb in enumerate(x.split(block)):
-            if d is not None and i % d.world_size != d.rank:
-                continue
-            with _seeded(seed, i, x.device):
-                yield (i, *_block(vae, prior, xb, k, chunk, dtype, keep))
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, i: int, device: torch.device) -> Iterator[None]:
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed * 1_000_003 + i)
-        yield
-
-
-def _block(
-    vae: VAE, prior: Any, xb: Tensor, k: int, chunk: int, dtype: torch.dtype, keep: bool
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One block of datapoints: k draws each, in chunks, into log-sum-exp accumulators."""
-    b = xb.shape[0]
-    lse = torch.full((b,), -math.inf, dtype=dtype, device=xb.device)
-    lse2 = lse.clone()
-    kept = torch.empty((b, k), dtype=dtype, device=xb.device) if keep else None
-    q = vae.encode(xb)
-    for start in range(0, k, chunk):
-        c = min(chunk, k - start)
-        z = q.rsample((c,))  # randn + affine: cheaper than sample()'s torch.normal
-        lw = (vae.log_likelihood(z, xb) + prior.log_prob(z) - q.log_prob(z)).to(dtype)
-        lse = torch.logaddexp(lse, lw.logsumexp(0))
-        lse2 = torch.logaddexp(lse2, (2 * lw).logsumexp(0))
-        if kept is not None:
-            kept[:, start : start + c] = lw.T
-    return lse, lse2, kept
-
-
 def _finish(lse: Tensor, lse2: Tensor, khat: Tensor, k: int, num_dims: int) -> LogPxEstimate:
     ess = torch.exp(2 * lse - lse2).clamp(1.0, float(k))
     se = ((k / ess - 1).clamp_min(0) / (k - 1)).sqrt() if k > 1 else torch.full_like(lse, math.nan)
@@ -255,24 +95,37 @@ def _finish(lse: Tensor, lse2: Tensor, khat: Tensor, k: int, num_dims: int) -> L
 
 @torch.no_grad()
 def log_px(
-    vae: VAE,
-    x: Tensor,
-    k: int = 5000,
+    model: Any,
+    x_or_guide: Any,
+    x: Tensor | None = None,
     *,
+    k: int = 5000,
+    kwargs: Mapping[str, Any] | None = None,
     memory_budget: int = DEFAULT_BUDGET,
     dtype: torch.dtype = torch.float64,
     khat: bool = True,
     seed: int | None = None,
     distributed: bool = False,
+    fast: bool = True,
 ) -> LogPxEstimate:
     """Estimate log p(x) for every datapoint in ``x`` by importance sampling from the guide.
 
+    Call it as ``log_px(vae, x, k=...)`` with anything that has ``.model`` and ``.guide`` (a
+    :class:`~pvae.VAE`, a :class:`~pvae.HierarchicalVAE`, a user's ``PyroModule``), or as
+    ``log_px(model, guide, x, k=...)`` with two Pyro functions. The log weights are read from
+    Pyro traces (:mod:`pvae.traces`): every sample site counts, whatever the pair's structure,
+    as long as every site lies inside ``pyro.plate("data", ...)``. For a standard VAE the fused
+    fast path computes the same numbers (``fast=False`` forces the trace path).
+
     Args:
-        vae: A VAE (built for x's shape, or built here).
-        x: Data ``(N, *data_shape)`` on the VAE's device.
+        model: A pair (object with ``.model``/``.guide``) or a model callable.
+        x_or_guide: The data, or the guide when ``model`` is a callable.
+        x: The data, when a guide was passed.
         k: Importance samples per datapoint.
+        kwargs: Extra keyword arguments of model and guide (e.g. labels ``y`` of a conditional
+            VAE): tensors whose first dimension is N are split with x, the rest passed as is.
         memory_budget: Bytes of working memory to stay under (log weights kept for k̂ plus
-            decoder activations). Chunk sizes follow from it; results do not depend on it.
+            network activations). Chunk sizes follow from it; the estimate does not.
         dtype: Accumulation dtype of the log-sum-exp statistics (float64 by default).
         khat: Compute PSIS k̂ (keeps the k log weights of a block of datapoints in memory).
         seed: Seed each block of datapoints by its position, so results do not depend on how
@@ -280,14 +133,16 @@ def log_px(
         distributed: In a ``torch.distributed`` job, compute this rank's share of the blocks and
             gather every datapoint's result on every rank (same numbers as one process with the
             same ``seed``).
+        fast: Use the fused fast path where it applies (a standard :class:`~pvae.VAE`).
 
     Returns:
         A :class:`LogPxEstimate`.
 
     Raises:
-        ValueError: k ≤ 0, empty x, a shape mismatch, a guide whose support or event shape is
+        ValueError: k ≤ 0, empty x, a shape mismatch, a site the weights cannot handle (named:
+            outside the data plate, not in the guide…), a guide whose support or event shape is
             not the prior's, or a budget too small for one datapoint.
-        TypeError: k not an integer.
+        TypeError: k not an integer, or no model/guide pair.
 
     Example:
         >>> import torch, pvae
@@ -296,19 +151,20 @@ def log_px(
         >>> est.log_px.shape, bool((est.ess >= 1).all() and (est.ess <= 100).all())
         (torch.Size([3]), True)
     """
-    k = _check(vae, x, k)
-    block, chunk = _plan(vae, x, k, memory_budget, dtype, keep=khat)
+    k = check_k(k)
+    target = resolve(model, x_or_guide, x, kwargs, fast=fast)
+    block, chunk = plan(target, k, memory_budget, dtype, keep=khat)
     parts: dict[int, Tensor] = {}
-    for i, lse, lse2, kept in _blocks(vae, x, k, block, chunk, dtype, khat, seed, distributed):
+    for i, lse, lse2, kept in blocks(target, k, block, chunk, dtype, khat, seed, distributed):
         kh = (
             torch.from_numpy(pareto_khat(kept.cpu().numpy())).to(lse)
             if kept is not None
             else torch.full_like(lse, math.nan)
         )
         parts[i] = torch.stack([lse, lse2, kh])
-    num_blocks = -(-x.shape[0] // block)
+    num_blocks = -(-target.x.shape[0] // block)
     lse, lse2, kh = torch.cat(
         gather_blocks(parts, num_blocks) if distributed else [parts[i] for i in range(num_blocks)],
         dim=1,
     )
-    return _finish(lse, lse2, kh, k, math.prod(x.shape[1:]))
+    return _finish(lse, lse2, kh, k, target.num_dims)

@@ -19,7 +19,7 @@ then uses Pyro's objectives and says so once.
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import pyro
 import torch
@@ -27,9 +27,9 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 
 from pvae.model import VAE
-from pvae.objectives.iwae import ESTIMATORS
+from pvae.objectives.iwae import ESTIMATORS, iwae_loss
 
-__all__ = ["FusedObjective", "supports"]
+__all__ = ["FusedObjective", "log_weights", "supports"]
 
 
 def supports(vae: VAE) -> str | None:
@@ -38,6 +38,25 @@ def supports(vae: VAE) -> str | None:
         if getattr(type(vae), name) is not getattr(VAE, name):
             return f"{type(vae).__name__} overrides VAE.{name}"
     return None
+
+
+def log_weights(
+    vae: VAE, x: Tensor, q: Any, prior: Any, k: int, log_q: Any = None
+) -> tuple[Tensor, Tensor]:
+    """``(k, B)`` log weights log p(x | z) + log p(z) − log q(z | x) and the draws z ~ q:
+    :func:`pvae.traces.log_weights` for a VAE's two sites, drawing the same numbers.
+
+    Args:
+        vae: The VAE.
+        x: ``(B, *data_shape)``.
+        q: q(z | x) for this x.
+        prior: p(z).
+        k: Draws per datapoint.
+        log_q: q to score the draws with (STL/DReG: q with the encoder's parameters held fixed).
+    """
+    z = q.rsample((k,))
+    scorer = q if log_q is None else log_q
+    return vae.log_likelihood(z, x) + prior.log_prob(z) - scorer.log_prob(z), z
 
 
 class FusedObjective:
@@ -98,19 +117,9 @@ class FusedObjective:
             return -scale * total / p
 
     def _iwae(self, vae: VAE, x: Tensor, q, prior, scale: float) -> Tensor:
-        k = self.num_particles
-        z = q.rsample((k,))
-        if self.estimator == "reparam":
-            log_q = q.log_prob(z)
-        else:  # log q with the encoder's parameters held fixed, z still reparameterized
+        fixed_q = None
+        if self.estimator != "reparam":  # log q with the encoder's parameters held fixed
             fixed = {n: p.detach() for n, p in vae.encoder.named_parameters()}
-            log_q = torch.func.functional_call(vae.encoder, fixed, (x,)).log_prob(z)
-        lw = vae.log_likelihood(z, x) + prior.log_prob(z) - log_q
-        loss = -scale * (lw.logsumexp(0) - math.log(k)).sum()
-        if self.estimator != "dreg":
-            return loss
-        w = torch.softmax(lw.detach(), dim=0)
-        if z.requires_grad:
-            z.register_hook(lambda g: g * w.unsqueeze(-1))  # w̃ ∂lw/∂z → w̃² ∂lw/∂z
-        surrogate = -scale * (w * lw).sum()
-        return surrogate + (loss - surrogate).detach()
+            fixed_q = torch.func.functional_call(vae.encoder, fixed, (x,))
+        lw, z = log_weights(vae, x, q, prior, self.num_particles, fixed_q)
+        return iwae_loss(lw, scale, self.estimator, (z,))

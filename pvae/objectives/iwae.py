@@ -27,20 +27,48 @@ Encoder gradient estimators (the decoder gradient is the same for all three):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer.enum import get_importance_trace
 from torch import Tensor, nn
 
 from pvae._checks import one_of, positive_int
+from pvae.program import as_program, owner_of, param_sites
+from pvae.traces import PARTICLES, check_sites, particle_traces, site_terms
 
-__all__ = ["ESTIMATORS", "IWAE"]
+__all__ = ["ESTIMATORS", "IWAE", "iwae_loss"]
 
 ESTIMATORS = ("reparam", "stl", "dreg")
+
+
+def iwae_loss(lw: Tensor, scale: float, estimator: str, latents: Iterable[Tensor] = ()) -> Tensor:
+    """Negative IWAE bound of a minibatch from its ``(K, B)`` log weights, differentiable.
+
+    The one place the bound's reduction is written: Pyro's trace path (:class:`IWAE`) and the
+    fused fast path both call it.
+
+    Args:
+        lw: Log weights; under ``"stl"``/``"dreg"`` their log q term must have been evaluated
+            with the guide's parameters held fixed.
+        scale: The data plate's N / B.
+        estimator: ``"reparam"``, ``"stl"`` or ``"dreg"``.
+        latents: The reparameterized draws that ``lw`` depends on (DReG reweights their
+            gradients by w̃ through a hook).
+    """
+    k = lw.shape[0]
+    loss = -scale * (lw.logsumexp(0) - math.log(k)).sum()
+    if estimator != "dreg":
+        return loss
+    w = torch.softmax(lw.detach(), dim=0)  # normalized weights per datapoint
+    for z in latents:
+        if z.requires_grad:
+            ww = w.reshape(w.shape + (1,) * (z.dim() - w.dim()))
+            z.register_hook(lambda g, ww=ww: g * ww)  # w̃ ∂lw/∂z → w̃² ∂lw/∂z
+    surrogate = -scale * (w * lw).sum()
+    return surrogate + (loss - surrogate).detach()
 
 
 class _Call(nn.Module):
@@ -55,18 +83,12 @@ class _Call(nn.Module):
         return self.fn(*args, **kwargs)
 
 
-def _owner(guide: Callable[..., Any]) -> nn.Module | None:
-    if isinstance(guide, nn.Module):
-        return guide
-    owner = getattr(guide, "__self__", None)
-    return owner if isinstance(owner, nn.Module) else None
-
-
 class IWAE(pyro.infer.ELBO):
     """Importance-weighted ELBO with K particles, per datapoint (Burda et al. 2015).
 
-    Every sample site must lie inside the data plate (local latents, as in a VAE). Particles are
-    always vectorized.
+    Defined on Pyro traces (:mod:`pvae.traces`): every sample site must lie inside the data
+    plate (local latents, as in a VAE), any number of them. Particles are always vectorized.
+    Works with ``pyro.infer.SVI`` and Pyro's PyTorch-style ``IWAE(...)(model, guide)`` module.
 
     Args:
         num_particles: K, importance samples per datapoint.
@@ -97,104 +119,72 @@ class IWAE(pyro.infer.ELBO):
         )
         self.estimator = one_of("estimator", estimator, ESTIMATORS)
         self.data_plate = data_plate
-
-    def _particles(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        return pyro.plate("iwae_particles", self.num_particles, dim=-self.max_plate_nesting - 1)(fn)
+        self.nesting = max_plate_nesting  # the pair's own plates (Pyro's count may add particles)
 
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         """Model and guide traces inside the particle plate (Pyro's ELBO hook)."""
-        return get_importance_trace(
-            "flat",
-            self.max_plate_nesting + 1,
-            self._particles(model),
-            self._particles(guide),
-            args,
-            kwargs,
-        )
+        program = as_program(model, guide)
+        return particle_traces(program, args, kwargs, self.num_particles, self.nesting)
 
     def _log_weights(
         self, model: Callable[..., Any], guide: Callable[..., Any], args: Any, kwargs: Any
     ) -> tuple[Tensor, float, list[Tensor]]:
         """``(K, B)`` log weights, the data plate's scale, and the guide's latent values."""
-        model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
-        if self.estimator == "reparam":
-            log_q = {
-                n: s["unscaled_log_prob"]
-                for n, s in guide_trace.nodes.items()
-                if s["type"] == "sample"
-            }
-        else:
-            log_q = self._log_q_fixed(guide, guide_trace, args, kwargs)
-        lw: Tensor | float = 0.0
-        scales = set()
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for name, site in trace.nodes.items():
-                if site["type"] != "sample":
-                    continue
-                if not any(f.name == self.data_plate for f in site["cond_indep_stack"]):
-                    raise ValueError(
-                        f"IWAE needs every sample site inside the {self.data_plate!r} plate; "
-                        f"site {name!r} is outside it (a global latent)"
-                    )
-                if sign < 0 and not site["fn"].has_rsample:
-                    raise ValueError(
-                        f"IWAE needs reparameterizable guide sites; {name!r} is "
-                        f"{type(site['fn']).__name__}"
-                    )
-                scales.add(float(site["scale"]))
-                # Weights are unscaled: the plate's N / B multiplies the per-datapoint bound.
-                lw = lw + (site["unscaled_log_prob"] if sign > 0 else -log_q[name])
-        if len(scales) != 1:
+        program = as_program(model, guide)
+        k, nesting = self.num_particles, self.nesting
+        model_trace, guide_trace = self._get_trace(program.model, program.guide, args, kwargs)
+        check_sites(model_trace, guide_trace, self.data_plate)
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and not site["fn"].has_rsample:
+                raise ValueError(
+                    f"IWAE needs a reparameterized draw at every guide site; {name!r} is "
+                    f"{type(site['fn']).__name__}, which has no rsample (its gradient would "
+                    "miss the score-function term)"
+                )
+        log_q = None
+        if self.estimator != "reparam":
+            log_q = self._log_q_fixed(program, guide_trace, args, kwargs)
+        terms = site_terms(model_trace, guide_trace, k, nesting, self.data_plate, log_q)
+        if len(terms.scales) != 1:
             raise ValueError(
                 "IWAE needs one scale for all sites (the data plate's N / B), got "
-                f"{sorted(scales)}; poutine.scale on single sites does not fit the IWAE bound"
+                f"{sorted(terms.scales)}; poutine.scale on single sites does not fit the IWAE bound"
             )
         latents = [s["value"] for s in guide_trace.nodes.values() if s["type"] == "sample"]
-        return lw, scales.pop(), latents
+        return terms.lw, terms.scales.pop(), latents
 
-    def _log_q_fixed(
-        self, guide: Callable[..., Any], guide_trace: Any, args: Any, kwargs: Any
-    ) -> dict[str, Tensor]:
-        """log q(z | x) with the guide's parameters held fixed but z still reparameterized."""
-        owner = _owner(guide)
+    def _log_q_fixed(self, program: Any, guide_trace: Any, args: Any, kwargs: Any) -> dict:
+        """log q of the guide's draws with the guide's parameters held fixed, z still
+        reparameterized (so only the pathwise gradient through z remains)."""
+        owner = owner_of(program.guide)
         if owner is None:
             raise TypeError(
                 f"estimator {self.estimator!r} needs a guide that is an nn.Module or a method "
                 "of one (so its parameters can be held fixed), got "
-                f"{type(guide).__name__}"
+                f"{type(program.guide).__name__}"
             )
         fixed = {f"owner.{n}": p.detach() for n, p in owner.named_parameters()}
+        particles = pyro.plate(PARTICLES, self.num_particles, dim=-self.nesting - 1)
         call = _Call(
             owner,
             lambda *a, **k: poutine.trace(
-                poutine.replay(self._particles(guide), trace=guide_trace)
+                poutine.replay(particles(program.guide), trace=guide_trace)
             ).get_trace(*a, **k),
         )
-        trace = torch.func.functional_call(call, fixed, args, kwargs, strict=False)
+        with poutine.block(), param_sites(False):  # the swapped-in tensors are no parameters
+            trace = torch.func.functional_call(call, fixed, args, kwargs, strict=False)
         return {
             name: site["fn"].log_prob(guide_trace.nodes[name]["value"])
             for name, site in trace.nodes.items()
-            if site["type"] == "sample" and name in guide_trace.nodes  # not the plate's subsample
+            if site["type"] == "sample" and name in guide_trace.nodes
         }
-
-    def _iwae(self, lw: Tensor) -> Tensor:
-        return lw.logsumexp(0) - math.log(self.num_particles)
 
     def differentiable_loss(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Tensor:
         """Negative IWAE bound of the minibatch, scaled to the dataset; differentiable."""
         lw, scale, latents = self._log_weights(model, guide, args, kwargs)
-        loss = -scale * self._iwae(lw).sum()
-        if self.estimator != "dreg":
-            return loss
-        w = torch.softmax(lw.detach(), dim=0)  # normalized weights per datapoint
-        for z in latents:
-            if z.requires_grad:
-                ww = w.reshape(w.shape + (1,) * (z.dim() - w.dim()))
-                z.register_hook(lambda g, ww=ww: g * ww)  # w̃ ∂lw/∂z → w̃² ∂lw/∂z
-        surrogate = -scale * (w * lw).sum()
-        return surrogate + (loss - surrogate).detach()
+        return iwae_loss(lw, scale, self.estimator, latents)
 
     @torch.no_grad()
     def loss(
@@ -202,7 +192,7 @@ class IWAE(pyro.infer.ELBO):
     ) -> float:
         """Negative IWAE bound as a float."""
         lw, scale, _ = self._log_weights(model, guide, args, kwargs)
-        return float(-scale * self._iwae(lw).sum())
+        return float(iwae_loss(lw, scale, "reparam"))
 
     def loss_and_grads(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
