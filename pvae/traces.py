@@ -50,7 +50,8 @@ __all__ = [
     "SiteTerms",
     "TraceWeights",
     "check_sites",
-    "guess_nesting",
+    "checked_particle_traces",
+    "inspect_pair",
     "log_weights",
     "particle_traces",
     "site_terms",
@@ -66,22 +67,43 @@ def _data_frame(site: dict[str, Any], data_plate: str) -> Any:
     return None
 
 
-def guess_nesting(program: Program, args: tuple, kwargs: Mapping[str, Any]) -> int:
-    """How many plates nest at most (Pyro's ``max_plate_nesting``), from one run of the pair."""
+def inspect_pair(program: Program, args: tuple, kwargs: Mapping[str, Any]) -> tuple[int, Any, Any]:
+    """Run the pair once without particles: the plates nested at most (Pyro's
+    ``max_plate_nesting``), and the model and guide traces."""
     with poutine.block(), torch.no_grad():
         guide_trace = poutine.trace(program.guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
+    guide_trace, model_trace = (
+        prune_subsample_sites(guide_trace),
+        prune_subsample_sites(model_trace),
+    )
     dims = [
         -f.dim
-        for tr in (prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace))
+        for tr in (guide_trace, model_trace)
         for s in tr.nodes.values()
         if s["type"] == "sample"
         for f in s["cond_indep_stack"]
         if f.vectorized
     ]
-    return max(dims, default=1)
+    return max(dims, default=1), model_trace, guide_trace
+
+
+def checked_particle_traces(
+    program: Program, args: tuple, kwargs: Mapping[str, Any], k: int, nesting: int, data_plate: str
+) -> tuple[Any, Any]:
+    """:func:`particle_traces` with :func:`check_sites`. A pair whose code breaks under the
+    particle plate (a global latent that broadcasts badly, say) gets the site-naming error of
+    a plain run when there is one, else the original error."""
+    try:
+        model_trace, guide_trace = particle_traces(program, args, kwargs, k, nesting)
+    except Exception:
+        _, model_trace, guide_trace = inspect_pair(program, args, kwargs)
+        check_sites(model_trace, guide_trace, data_plate)
+        raise
+    check_sites(model_trace, guide_trace, data_plate)
+    return model_trace, guide_trace
 
 
 def particle_traces(
@@ -228,7 +250,7 @@ def log_weights(
         args: Positional arguments of model and guide (the minibatch first).
         kwargs: Keyword arguments of both.
         k: Particles per datapoint.
-        nesting: Plates nested at most in the pair (:func:`guess_nesting`).
+        nesting: Plates nested at most in the pair (:func:`inspect_pair`).
         data_plate: Name of the plate over datapoints.
         check: Validate the sites (:func:`check_sites`).
 
@@ -236,9 +258,12 @@ def log_weights(
         The :class:`SiteTerms` (``.lw`` is the ``(K, B)`` log weights), the model trace and the
         guide trace.
     """
-    model_trace, guide_trace = particle_traces(program, args, kwargs, k, nesting)
     if check:
-        check_sites(model_trace, guide_trace, data_plate)
+        model_trace, guide_trace = checked_particle_traces(
+            program, args, kwargs, k, nesting, data_plate
+        )
+    else:
+        model_trace, guide_trace = particle_traces(program, args, kwargs, k, nesting)
     terms = site_terms(model_trace, guide_trace, k, nesting, data_plate)
     return terms, model_trace, guide_trace
 

@@ -21,7 +21,7 @@ from pvae._checks import positive_int
 from pvae.distributed import info as dist_info
 from pvae.model import VAE
 from pvae.program import Program, as_program, param_sites
-from pvae.traces import TraceWeights, check_sites, guess_nesting, particle_traces
+from pvae.traces import TraceWeights, check_sites, inspect_pair
 
 DEFAULT_BUDGET = 1 << 30  # bytes of working memory
 # Largest activation working set per chunk that stays fast: caches on a CPU (measured on digits:
@@ -155,9 +155,7 @@ def resolve(
         for key, v in kwargs.items()
     }
     with pyro.validation_enabled(False), param_sites(False), torch.no_grad():
-        nesting = guess_nesting(program, (x[:1],), first)
-        with pyro.poutine.block():
-            model_trace, guide_trace = particle_traces(program, (x[:1],), first, 1, nesting)
+        nesting, model_trace, guide_trace = inspect_pair(program, (x[:1],), first)
     check_sites(model_trace, guide_trace, "data")
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample":

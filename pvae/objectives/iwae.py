@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from pvae._checks import one_of, positive_int
 from pvae.program import as_program, owner_of, param_sites
-from pvae.traces import PARTICLES, check_sites, particle_traces, site_terms
+from pvae.traces import PARTICLES, checked_particle_traces, particle_traces, site_terms
 
 __all__ = ["ESTIMATORS", "IWAE", "iwae_loss"]
 
@@ -132,8 +132,9 @@ class IWAE(pyro.infer.ELBO):
         """``(K, B)`` log weights, the data plate's scale, and the guide's latent values."""
         program = as_program(model, guide)
         k, nesting = self.num_particles, self.nesting
-        model_trace, guide_trace = self._get_trace(program.model, program.guide, args, kwargs)
-        check_sites(model_trace, guide_trace, self.data_plate)
+        model_trace, guide_trace = checked_particle_traces(
+            program, args, kwargs, k, nesting, self.data_plate
+        )
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and not site["fn"].has_rsample:
                 raise ValueError(
