@@ -119,3 +119,52 @@ def test_a_model_the_fast_path_cannot_handle_falls_back_with_one_notice(capsys):
     err = capsys.readouterr().err
     assert err.count("CustomModel overrides VAE.model; training through Pyro's") == 1
     assert res.final["step"] == 4
+
+
+# The fused path is an optimization of the trace path: over every zoo component, the same loss and
+# gradients for every objective and estimator, and the same log p(x), in float64.
+from test_pyro_native import COMPONENTS, _ids  # noqa: E402
+from test_zoo import make, tiny_data  # noqa: E402
+
+TRACE = {
+    "elbo": lambda: Trace_ELBO(max_plate_nesting=1),
+    "meanfield_elbo": lambda: TraceMeanField_ELBO(max_plate_nesting=1),
+    "iwae": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "estimator"),
+    [
+        ("elbo", None),
+        ("meanfield_elbo", None),
+        ("iwae", "reparam"),
+        ("iwae", "stl"),
+        ("iwae", "dreg"),
+    ],
+)
+@pytest.mark.parametrize("component", COMPONENTS, ids=_ids)
+def test_fused_path_equals_the_trace_path_over_the_zoo(component, kind, estimator, float64):
+    vae = make(**component)
+    x = tiny_data(6).double()
+    trace = IWAE(4, estimator) if kind == "iwae" else TRACE[kind]()
+    a, ga = loss_and_grads(
+        lambda: trace.differentiable_loss(vae.model, vae.guide, x, size=60, subsample=None), vae
+    )
+    fused = FusedObjective(kind, 4 if kind == "iwae" else 1, estimator=estimator or "reparam")
+    b, gb = loss_and_grads(lambda: fused.loss(vae, x, 60), vae)
+    assert_same(a, ga, b, gb)
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=_ids)
+def test_fused_log_px_equals_the_trace_path_over_the_zoo(component, float64):
+    vae = make(**component)
+    x = tiny_data(6).double()
+    fast = pvae.log_px(vae, x, k=64, seed=3)
+    trace = pvae.log_px(vae, x, k=64, seed=3, fast=False)
+    for f in ("log_px", "se", "ess"):
+        torch.testing.assert_close(getattr(fast, f), getattr(trace, f), rtol=1e-10, atol=1e-10)
+    a = pvae.bounds(vae, x, ks=(1, 8, 64), seed=3)
+    b = pvae.bounds(vae, x, ks=(1, 8, 64), seed=3, fast=False)
+    for k in (1, 8, 64):
+        assert a.iwae[k] == pytest.approx(b.iwae[k], rel=1e-10)
