@@ -4,7 +4,9 @@ device.
 
 * **Active units** (Burda et al. 2015): unit u is active when
   :math:`\mathrm{Cov}_x(\mathbb E_{q(z\mid x)}[z_u]) > 10^{-2}`. Few active units is posterior
-  collapse: the decoder ignores those latents.
+  collapse: the decoder ignores those latents. Read from the guide's trace, so any model/guide
+  pair gets it, per latent site (per stochastic layer of a hierarchical VAE:
+  :func:`active_units_by_site`).
 * **Mutual information** under the aggregate posterior
   :math:`q(z) = \frac1N\sum_n q(z\mid x_n)` (Hoffman & Johnson 2016):
   :math:`I(x; z) = \mathbb E_{x}\,\mathbb E_{q(z\mid x)}[\log q(z\mid x) - \log q(z)]`,
@@ -20,18 +22,24 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
+import pyro
 import torch
 from torch import Tensor
 
 from pvae._checks import positive_int
+from pvae.evaluation._weights import resolve
 from pvae.evaluation.log_px import LogPxEstimate
 from pvae.model import VAE
+from pvae.program import param_sites
+from pvae.traces import particle_traces
 
 __all__ = [
     "ActiveUnits",
     "PriorHole",
     "active_units",
+    "active_units_by_site",
     "aggregate_log_density",
     "kl_per_dimension",
     "mutual_information",
@@ -57,25 +65,76 @@ class ActiveUnits:
         return int(self.active.sum())
 
 
-def _posterior_means(vae: VAE, x: Tensor, batch_size: int, num_samples: int) -> Tensor:
-    out = []
-    for xb in x.split(batch_size):
-        q = vae.encode(xb)
-        try:
-            out.append(q.mean)
-        except NotImplementedError:  # flows: Monte Carlo mean
-            out.append(q.sample((num_samples,)).mean(0))
-    return torch.cat(out)
+def _site_means(model: Any, x: Tensor, batch_size: int, num_samples: int) -> dict[str, Tensor]:
+    """E_q[v | x] per datapoint for every latent site v of the guide, flattened to ``(N, units)``.
+
+    A site's mean given its parents is averaged over ``num_samples`` draws of the parents
+    (Rao-Blackwellized; exact for a site without latent parents); a distribution without a
+    closed-form mean (a flow) is averaged over its draws instead.
+    """
+    target = resolve(model, x, None, None)
+    out: dict[str, list[Tensor]] = {}
+    with pyro.validation_enabled(False), param_sites(False):
+        for xb in x.split(batch_size):
+            _, guide_trace = particle_traces(target.program, (xb,), {}, num_samples, target.nesting)
+            for name, site in guide_trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                try:
+                    m = site["fn"].mean
+                except NotImplementedError:
+                    m = site["value"]
+                m = m.expand(site["value"].shape)
+                event = site["fn"].event_dim
+                per = m.reshape(num_samples, -1, *m.shape[m.dim() - event :]).mean(0)
+                out.setdefault(name, []).append(per.reshape(per.shape[0], -1))
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+@torch.no_grad()
+def active_units_by_site(
+    model: Any,
+    x: Tensor,
+    threshold: float = 1e-2,
+    batch_size: int = 1024,
+    num_samples: int = 64,
+) -> dict[str, ActiveUnits]:
+    """Active units (Burda et al. 2015) of every latent site of any model/guide pair: for a
+    hierarchical VAE, one entry per stochastic layer.
+
+    Args:
+        model: A pair (object with ``.model``/``.guide``).
+        x: Data ``(N, *data_shape)``, N ≥ 2.
+        threshold: Activity threshold on the variance over x of the posterior mean.
+        batch_size: Datapoints per guide call.
+        num_samples: Draws of a site's latent parents (and of flows) for its posterior mean.
+
+    Example:
+        >>> import torch, pvae
+        >>> vae = pvae.VAE(pvae.priors.StandardNormal(3), data_shape=(4,))
+        >>> au = pvae.diagnostics.active_units_by_site(vae, torch.rand(50, 4))
+        >>> list(au), au["z"].variance.shape
+        (['z'], torch.Size([3]))
+    """
+    if x.shape[0] < 2:
+        raise ValueError(f"x needs at least 2 datapoints for a variance, got {x.shape[0]}")
+    means = _site_means(
+        model, x, positive_int("batch_size", batch_size), positive_int("num_samples", num_samples)
+    )
+    return {name: ActiveUnits(mu.var(0), float(threshold)) for name, mu in means.items()}
 
 
 @torch.no_grad()
 def active_units(
-    vae: VAE, x: Tensor, threshold: float = 1e-2, batch_size: int = 1024, warn: bool = True
+    vae: Any, x: Tensor, threshold: float = 1e-2, batch_size: int = 1024, warn: bool = True
 ) -> ActiveUnits:
     """Count active latent units (Burda et al. 2015) and warn on posterior collapse.
 
+    For a pair with one latent site (a :class:`~pvae.VAE`); with several sites use
+    :func:`active_units_by_site`.
+
     Args:
-        vae: A VAE.
+        vae: A VAE, or any pair with a single latent site.
         x: Data ``(N, *data_shape)``.
         threshold: Activity threshold on the variance over x of the posterior mean.
         batch_size: Datapoints per encoder call.
@@ -87,13 +146,17 @@ def active_units(
         >>> pvae.diagnostics.active_units(vae, torch.rand(50, 4), warn=False).variance.shape
         torch.Size([3])
     """
-    if x.shape[0] < 2:
-        raise ValueError(f"x needs at least 2 datapoints for a variance, got {x.shape[0]}")
-    mu = _posterior_means(vae, x, positive_int("batch_size", batch_size), 64)
-    res = ActiveUnits(mu.var(0), float(threshold))
-    if warn and res.count < max(1, vae.latent_dim // 2):
+    sites = active_units_by_site(vae, x, threshold, batch_size)
+    if len(sites) != 1:
+        raise ValueError(
+            f"the pair has {len(sites)} latent sites ({', '.join(sites)}); use "
+            "pvae.diagnostics.active_units_by_site for one count per site"
+        )
+    (res,) = sites.values()
+    units = res.variance.numel()
+    if warn and res.count < max(1, units // 2):
         warnings.warn(
-            f"posterior collapse: only {res.count} of {vae.latent_dim} latent units are active "
+            f"posterior collapse: only {res.count} of {units} latent units are active "
             f"(Cov_x E_q[z_u] > {threshold}); consider KL warm-up (train.warmup_steps), free bits "
             "(train.free_bits) or a weaker decoder",
             UserWarning,

@@ -79,7 +79,7 @@ def test_bounds_prints_the_ladder_and_a_plot(run_dir, tmp_path, capsys):
     assert main(["bounds", str(run_dir), "--k", "1", "10", "--device", "cpu"]) == 0
     assert "IWAE k=10" in capsys.readouterr().out
     assert main(["bounds", str(run_dir), "--k", "0"]) == 2
-    assert "k must be a positive integer, got 0" in capsys.readouterr().err
+    assert "ks entries must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_sample_writes_a_png_grid(run_dir, tmp_path, capsys):

@@ -192,3 +192,29 @@ def test_a_pair_needs_model_and_guide():
         pvae.log_px(object(), torch.zeros(2, 2), k=5)
     with pytest.raises(TypeError, match="model and guide must be callables"):
         pvae.log_px(REF.model, 3, torch.zeros(2, 2), k=5)
+
+
+class _Pair:
+    """An object with .model/.guide over the plain-Pyro functions above."""
+
+    def model(self, x):
+        return REF.model(x, torch.zeros(x.shape[0], dtype=x.dtype))
+
+    def guide(self, x):
+        return REF.guide(x, torch.zeros(x.shape[0], dtype=x.dtype))
+
+
+def test_active_units_per_latent_site_of_any_pair():
+    x, _ = REF.sample(200)
+    au = pvae.diagnostics.active_units_by_site(_Pair(), x, num_samples=256)
+    assert sorted(au) == ["u", "z"]
+    assert au["z"].variance.shape == (2,) and au["u"].variance.shape == (1,)
+    # E[ζ | x] = Σ Aᵀ (x − b) / σ²: its covariance over x ~ p(x) is Σ Aᵀ C A Σ / σ⁴, C = Cov x.
+    cov_x = REF.A @ REF.A.T + REF.sigma**2 * torch.eye(D, dtype=torch.float64)
+    gain = REF.post_cov @ REF.A.T / REF.sigma**2
+    want = torch.diagonal(gain @ cov_x @ gain.T)
+    got = torch.cat([au["z"].variance, au["u"].variance])
+    # Sample variance over 200 points: relative s.e. about sqrt(2/199) = 0.1.
+    assert bool(((got - want).abs() / want < 0.4).all()), (got, want)
+    with pytest.raises(ValueError, match="the pair has 2 latent sites \\(z, u\\)"):
+        pvae.diagnostics.active_units(_Pair(), x)
