@@ -19,7 +19,8 @@ from pvae.evaluation import (
     evaluate_elbo,
     log_px,
 )
-from pvae.linear_gaussian import LinearGaussian
+from pvae.hierarchical import HierarchicalVAE
+from pvae.linear_gaussian import LinearGaussian, LinearGaussianChain
 from pvae.model import VAE
 from pvae.runs import Run, load_run, train_from_config
 from pvae.train import FitResult, TrainingDivergedError, fit
@@ -33,7 +34,9 @@ __all__ = [
     "Config",
     "ElboEstimate",
     "FitResult",
+    "HierarchicalVAE",
     "LinearGaussian",
+    "LinearGaussianChain",
     "LogPxEstimate",
     "Run",
     "TrainingDivergedError",

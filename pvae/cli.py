@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -59,6 +61,13 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    """Where a trained module lives (any module: a user's need not have ``.device``)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def _is_main() -> bool:
     d = distributed.info()
     return d is None or d.is_main
@@ -79,7 +88,7 @@ def _json(obj: dict) -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
-    x = run.data.split(args.split).to(run.vae.device).observed()
+    x = run.data.split(args.split).to(_device(run.vae)).observed()
     k = args.k if args.k is not None else run.config.eval.k
     if k < 0:
         raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {k}")
@@ -115,14 +124,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"  KL            {out['kl']:12.4f} ({'analytic' if out['analytic_kl'] else 'MC'})")
     print(f"  bits/dim      {out['bits_per_dim']:12.4f}")
     dg = out["diagnostics"]
-    print(
-        f"  active units  {dg['active_units']:>5} of {dg['latent_dim']}"
-        f"   I(x; z) {dg['mutual_information']:.3f} ± {dg['mutual_information_se']:.3f} nats"
-    )
-    print(
-        f"  prior hole    KL(q(z) || p(z)) {dg['aggregate_kl']:.3f}; "
-        f"{100 * dg['prior_hole_fraction']:.1f}% of prior draws fall in holes (≈1% = none)"
-    )
+    if "active_units_by_site" in dg:  # not a one-layer VAE: per latent site only
+        units = ", ".join(
+            f"{k} {a} of {dg['units_by_site'][k]}" for k, a in dg["active_units_by_site"].items()
+        )
+        print(f"  active units  {units}")
+    else:
+        print(
+            f"  active units  {dg['active_units']:>5} of {dg['latent_dim']}"
+            f"   I(x; z) {dg['mutual_information']:.3f} ± {dg['mutual_information_se']:.3f} nats"
+        )
+        print(
+            f"  prior hole    KL(q(z) || p(z)) {dg['aggregate_kl']:.3f}; "
+            f"{100 * dg['prior_hole_fraction']:.1f}% of prior draws fall in holes (≈1% = none)"
+        )
     if "warning" in dg:
         print(f"  warning: {dg['warning']}")
     if k > 0:
@@ -136,7 +151,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _diagnostics(vae: VAE, x: torch.Tensor, subset: int = 1000) -> dict:
     """Active units, KL per dimension, I(x; z) and the prior hole (the last two on a subset:
-    they cost O(N²))."""
+    they cost O(N²)). For another model/guide pair (a hierarchical VAE, a user's module):
+    active units per latent site only, since the rest needs a VAE's single encoder and prior."""
+    if not isinstance(vae, VAE):
+        sites = diagnostics.active_units_by_site(vae, x)
+        return {
+            "active_units_by_site": {k: a.count for k, a in sites.items()},
+            "units_by_site": {k: a.variance.numel() for k, a in sites.items()},
+        }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         au = diagnostics.active_units(vae, x)
@@ -160,7 +182,7 @@ def _diagnostics(vae: VAE, x: torch.Tensor, subset: int = 1000) -> dict:
 
 def _bounds(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
-    x = run.data.split(args.split).to(run.vae.device).observed()
+    x = run.data.split(args.split).to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
     ladder = bounds(
         run.vae, x, ks=args.k, seed=args.seed, distributed=distributed.info() is not None
@@ -180,11 +202,22 @@ def _bounds(args: argparse.Namespace) -> int:
 PLOTS = ("manifold", "samples", "recon", "curves", "kl", "khat", "scatter")
 
 
+def _needs_vae(module: object, what: str) -> None:
+    """The picture grids read a one-layer VAE's encoder, decoder and prior."""
+    if not isinstance(module, VAE):
+        raise ValueError(
+            f"{what} draws a one-layer pvae.VAE's latent space; this run trains a "
+            f"{type(module).__name__} (available: pvae plot --what curves|khat)"
+        )
+
+
 def _plot(args: argparse.Namespace) -> int:
     from pvae import plotting
 
     run = load_run(args.run, device=args.device)
-    x = run.data.test.to(run.vae.device).observed()
+    if args.what not in ("curves", "khat"):
+        _needs_vae(run.vae, f"--what {args.what}")
+    x = run.data.test.to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
     out = Path(args.out) if args.out else run.path / f"{args.what}.png"
     if args.what == "manifold":
@@ -207,6 +240,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
+    _needs_vae(run.vae, "pvae sample")
     pyro.set_rng_seed(args.seed)
     from pvae import plotting
 
@@ -288,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # evaluation; a plain run is untouched.
         if args.command in ("train", "evaluate", "bounds"):
             distributed.init()
+        # model.class names a user's module: import it from here, as `python -m pvae` would.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         return args.func(args)
     except (ValueError, TypeError, CheckpointError, DataUnavailableError) as err:
         print(f"pvae {args.command}: error: {err}", file=sys.stderr)

@@ -4,12 +4,42 @@ that turn names into components. This is the only place names become objects.
 Sections: ``data``, ``model`` (with component tables ``prior``, ``likelihood``, ``encoder``,
 ``decoder``, ``guide``: each ``{name = "...", <keyword arguments>}``), ``train`` and ``eval``.
 Unknown keys, names and keyword arguments raise ``ValueError`` listing the valid ones.
+
+``[model]`` describes one of three kinds of model:
+
+* **A one-layer** :class:`~pvae.VAE`: ``latent_dim`` an integer (or a one-entry list), with the
+  five component tables.
+* **A hierarchical VAE** (:class:`~pvae.HierarchicalVAE`): ``latent_dim`` a list of two or more
+  layer widths, bottom (z_1) to top (z_L). ``prior`` is p(z_L), ``likelihood`` is p(x | z_1).
+  The networks are MLPs set by two keys of their own: ``hidden``, one list of hidden widths per
+  layer l (between z_{l-1} and z_l, z_0 = x; default ``[2·dim_l, 2·dim_l]`` each), and
+  ``activation`` (default ``"tanh"``). ``encoder``, ``decoder`` and ``guide`` describe the
+  one-layer VAE's networks and must stay at their defaults; so must ``train.beta``,
+  ``warmup_steps`` and ``free_bits``, and ``train.objective`` must not be ``"meanfield_elbo"``
+  (its closed-form KL is biased for a bottom-up guide; see :class:`~pvae.HierarchicalVAE`)::
+
+      [model]
+      latent_dim = [100, 50]
+      hidden = [[200, 200], [100, 100]]
+      activation = "tanh"
+
+* **A user's module**: ``class = "package.module:ClassName"`` names an ``nn.Module`` class with
+  ``model`` and ``guide`` methods (e.g. a :class:`~pvae.program.PyroProgram` subclass);
+  it is instantiated with the ``[model.kwargs]`` table as keyword arguments, and built for the
+  data's shape if it has ``build(data_shape)``. No other ``[model]`` key applies. The ``pvae``
+  command puts the current directory on the import path, as ``python -m`` does::
+
+      [model]
+      class = "my_models:TwoLatentVAE"
+      [model.kwargs]
+      latent_dim = 16
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import inspect
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -22,6 +52,7 @@ from torch import nn
 
 from pvae import datasets, guides, likelihoods, nets, priors
 from pvae._checks import lookup, one_of, positive_float, positive_int
+from pvae.hierarchical import HierarchicalVAE
 from pvae.model import VAE
 from pvae.objectives import ESTIMATORS, OBJECTIVES
 
@@ -94,16 +125,41 @@ class DataConfig:
     seed: int = 0
 
 
+# Keys that are left out of ``to_dict`` while unset, so configs and checkpoints written before
+# they existed compare equal to their reading now.
+_OPTIONAL = {"optional": True}
+
+
 @dataclass
 class ModelConfig:
-    """``[model]``: latent size and one table per component."""
+    """``[model]``: latent size (one integer, or one width per stochastic layer), one table per
+    component, or a user's module class (see the module docstring)."""
 
-    latent_dim: int = 8
+    latent_dim: int | list[int] = 8
     prior: dict[str, Any] = field(default_factory=_table("standard_normal"))
     likelihood: dict[str, Any] = field(default_factory=_table("bernoulli"))
     encoder: dict[str, Any] = field(default_factory=_table("mlp", hidden=[256, 128]))
     decoder: dict[str, Any] = field(default_factory=_table("mlp", hidden=[128, 256]))
     guide: dict[str, Any] = field(default_factory=_table("diagonal"))
+    hidden: list[list[int]] | None = field(default=None, metadata=_OPTIONAL)
+    activation: str | None = field(default=None, metadata=_OPTIONAL)
+    class_: str | None = field(default=None, metadata={**_OPTIONAL, "key": "class"})
+    kwargs: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+
+    @property
+    def layers(self) -> list[int]:
+        """The stochastic layers' widths, bottom to top (one entry for a one-layer VAE)."""
+        d = self.latent_dim
+        return list(d) if isinstance(d, list | tuple) else [d]
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.class_ is None and len(self.layers) >= 2
+
+
+def _keys(section_cls: type) -> dict[str, str]:
+    """TOML key → field name of a section (``class`` is a Python keyword: field ``class_``)."""
+    return {f.metadata.get("key", f.name): f.name for f in dataclasses.fields(section_cls)}
 
 
 @dataclass
@@ -150,7 +206,16 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested dicts keyed as in TOML; optional keys that are unset are left out."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            out[f.name] = {
+                sf.metadata.get("key", sf.name): copy.deepcopy(getattr(section, sf.name))
+                for sf in dataclasses.fields(section)
+                if not (sf.metadata.get("optional") and getattr(section, sf.name) is None)
+            }
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Config:
@@ -166,11 +231,12 @@ class Config:
             given = d.get(name, {})
             if not isinstance(given, Mapping):
                 raise TypeError(f"config section [{name}] must be a table, got {given!r}")
-            valid = {sf.name for sf in dataclasses.fields(section_cls)}
+            keys = _keys(section_cls)
             for key in given:
-                one_of(f"key in [{name}]", key, valid)
+                one_of(f"key in [{name}]", key, keys)
             base = dataclasses.asdict(section_cls())
             for key, value in given.items():
+                key = keys[key]
                 default = base.get(key)
                 # A component table keeps the default keyword arguments only while it keeps the
                 # default component.
@@ -192,7 +258,7 @@ class Config:
         if d.name not in datasets.DATASETS:
             lookup("dataset", datasets.DATASETS, d.name)
         one_of("data.binarize", d.binarize, datasets.BINARIZE)
-        positive_int("model.latent_dim", m.latent_dim)
+        _validate_model(m, t)
         for kind, reg in (
             ("prior", PRIORS),
             ("likelihood", LIKELIHOODS),
@@ -245,6 +311,95 @@ class Config:
         positive_int("eval.curve_subset", e.curve_subset)
 
 
+_COMPONENTS = ("prior", "likelihood", "encoder", "decoder", "guide")
+
+
+def _validate_model(m: ModelConfig, t: TrainConfig) -> None:
+    """Check ``[model]`` for the kind of model it describes (see the module docstring)."""
+    default = ModelConfig()
+    if m.class_ is not None:
+        _class_path(m.class_)
+        set_keys = [
+            key
+            for key, name in _keys(ModelConfig).items()
+            if key not in ("class", "kwargs") and getattr(m, name) != getattr(default, name)
+        ]
+        if set_keys:
+            raise ValueError(
+                f"model.class builds {m.class_!r} from [model.kwargs] alone; remove "
+                f"{', '.join(f'model.{k}' for k in set_keys)}"
+            )
+        if m.kwargs is not None and not isinstance(m.kwargs, Mapping):
+            raise ValueError(f"model.kwargs must be a table of keyword arguments, got {m.kwargs!r}")
+        _no_kl_options(t, f"a user's module (model.class = {m.class_!r})")
+        return
+    if m.kwargs is not None:
+        raise ValueError(
+            "model.kwargs is the keyword arguments of model.class, which is not set; valid keys "
+            "of [model] for the built-in models: "
+            + ", ".join(k for k in _keys(ModelConfig) if k not in ("class", "kwargs"))
+        )
+    if isinstance(m.latent_dim, list | tuple):
+        if not m.latent_dim:
+            raise ValueError("model.latent_dim must be a positive integer or a non-empty list")
+        for d in m.latent_dim:
+            positive_int("model.latent_dim entries", d)
+    else:
+        positive_int("model.latent_dim", m.latent_dim)
+    if not m.hierarchical:
+        for key in ("hidden", "activation"):
+            if getattr(m, key) is not None:
+                raise ValueError(
+                    f"model.{key} applies to a hierarchical model (model.latent_dim a list of two "
+                    "or more layer widths); the one-layer VAE takes it in model.encoder and "
+                    "model.decoder"
+                )
+        return
+    L = len(m.layers)
+    for kind in ("encoder", "decoder", "guide"):
+        if getattr(m, kind) != getattr(default, kind):
+            raise ValueError(
+                f"model.{kind} describes the one-layer VAE's networks; a hierarchical model "
+                f"(model.latent_dim = {m.latent_dim}) takes model.hidden and model.activation"
+            )
+    if m.hidden is not None:
+        if not isinstance(m.hidden, list) or len(m.hidden) != L:
+            raise ValueError(
+                f"model.hidden must be a list of {L} lists of hidden widths, one per layer of "
+                f"model.latent_dim = {m.latent_dim} (e.g. [[200, 200], [100, 100]]), "
+                f"got {m.hidden!r}"
+            )
+        for i, widths in enumerate(m.hidden):
+            if not isinstance(widths, list):
+                raise ValueError(f"model.hidden[{i}] must be a list of widths, got {widths!r}")
+            for w in widths:
+                positive_int(f"model.hidden[{i}] entries", w)
+    if m.activation is not None:
+        lookup("model.activation", nets.ACTIVATIONS, m.activation)
+    if t.objective == "meanfield_elbo":
+        raise ValueError(
+            "train.objective='meanfield_elbo' is biased for a hierarchical model: its "
+            "closed-form KL of q(z_l | z_{l-1}) against p(z_l | z_{l+1}) uses a z_{l+1} the guide "
+            "drew given z_l; use train.objective = 'elbo' or 'iwae'"
+        )
+    _no_kl_options(t, f"a hierarchical model (model.latent_dim = {m.latent_dim})")
+
+
+def _no_kl_options(t: TrainConfig, what: str) -> None:
+    if t.beta != 1 or t.warmup_steps or t.free_bits:
+        raise ValueError(
+            f"train.beta, train.warmup_steps and train.free_bits are options of the one-layer "
+            f"VAE; {what} trains on the plain objective"
+        )
+
+
+def _class_path(path: Any) -> tuple[str, str]:
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        raise ValueError(f"model.class must be 'package.module:ClassName', got {path!r}")
+    module, name = path.split(":")
+    return module, name
+
+
 # -- TOML in and out ------------------------------------------------------------------------------
 def _parse_value(text: str) -> Any:
     """A ``--set`` value as TOML (numbers, booleans, lists, quoted strings), else a bare string."""
@@ -290,7 +445,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         # of the old component do not leak into the new one.
         for item in overrides:
             key = item.split("=", 1)[0].strip().split(".")
-            if len(key) == 3 and key[0] == "model" and key[2] == "name":
+            if len(key) == 3 and key[0] == "model" and key[1] in _COMPONENTS and key[2] == "name":
                 base["model"][key[1]] = {}
         return Config.from_dict(apply_overrides(base, overrides))
     return Config.from_dict(base)
@@ -358,14 +513,28 @@ def _split(table: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return kw.pop("name"), kw
 
 
-def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> VAE:
-    """Build the VAE a ``[model]`` section describes, for datapoints of shape ``data_shape``."""
+def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
+    """Build the model a ``[model]`` section describes, for datapoints of shape ``data_shape``:
+    a :class:`~pvae.VAE`, a :class:`~pvae.HierarchicalVAE`, or a user's module (see the module
+    docstring)."""
     data_shape = tuple(data_shape)
-    latent = positive_int("model.latent_dim", model.latent_dim)
+    if model.class_ is not None:
+        return _build_class(model, data_shape)
+    layers = [positive_int("model.latent_dim entries", d) for d in model.layers]
+    latent = layers[-1]  # the prior is over the top layer
     name, kw = _split(model.prior)
     prior = _instantiate("prior", lookup("model.prior.name", PRIORS, name), kw, latent_dim=latent)
     name, kw = _split(model.likelihood)
     lik = _instantiate("likelihood", lookup("model.likelihood.name", LIKELIHOODS, name), kw)
+    if len(layers) > 1:
+        return HierarchicalVAE(
+            layers,
+            prior=prior,
+            likelihood=lik,
+            hidden=model.hidden,
+            activation=model.activation or "tanh",
+            data_shape=data_shape,
+        )
     gname, gkw = _split(model.guide)
     guide_cls = lookup("model.guide.name", GUIDES, gname)
     name, kw = _split(model.encoder)
@@ -381,6 +550,56 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> VAE:
     _check_kwargs(f"model.decoder {name!r}", _NET_KWARGS[("decoder", name)], kw)
     decoder = make(latent, lik.param_shape(data_shape), **kw)
     return VAE(prior, lik, encoder, decoder, data_shape=data_shape)
+
+
+def _build_class(model: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
+    """Import ``model.class``, instantiate it with ``model.kwargs`` and build it for the data."""
+    path = model.class_
+    module_name, class_name = _class_path(path)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"model.class {path!r}: cannot import module {module_name!r} ({err}); is it on the "
+            "Python path (the current directory, PYTHONPATH, an installed package)?"
+        ) from err
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        public = sorted(
+            n
+            for n, v in vars(module).items()
+            if isinstance(v, type) and v.__module__ == module_name and not n.startswith("_")
+        )
+        raise ValueError(
+            f"model.class {path!r}: module {module_name!r} has no attribute {class_name!r}; "
+            f"its classes: {', '.join(public) if public else '(none)'}"
+        )
+    if not (
+        isinstance(cls, type)
+        and issubclass(cls, nn.Module)
+        and callable(getattr(cls, "model", None))
+        and callable(getattr(cls, "guide", None))
+    ):
+        raise TypeError(
+            f"model.class {path!r} must be an nn.Module class with model and guide methods "
+            f"(e.g. a pvae.program.PyroProgram subclass), got {cls!r}"
+        )
+    kwargs = dict(model.kwargs or {})
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        valid = sorted(
+            n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY)
+        )
+        for key in kwargs:
+            if key not in valid:
+                raise ValueError(
+                    f"unknown keyword argument {key!r} in model.kwargs for {path!r}; valid: "
+                    f"{', '.join(valid) if valid else '(none)'}"
+                )
+    module_obj = cls(**kwargs)
+    if callable(getattr(module_obj, "build", None)):
+        module_obj.build(data_shape)
+    return module_obj
 
 
 def load_data(data: DataConfig) -> datasets.DataSplits:

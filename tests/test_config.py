@@ -92,3 +92,180 @@ def test_bad_config_files(tmp_path):
     (tmp_path / "bad.toml").write_text("[train\nepochs = ")
     with pytest.raises(ValueError, match="is not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+# -- hierarchical models --------------------------------------------------------------------------
+HIER = ["model.latent_dim=[6, 3]", "train.objective=iwae", "train.num_particles=5"]
+
+
+def test_hierarchical_config_round_trips_and_builds(tmp_path):
+    cfg = load_config(
+        None,
+        [*HIER, "model.hidden=[[16, 16], [8]]", "model.activation=relu", "model.prior.name=mog"],
+    )
+    path = tmp_path / "h.toml"
+    path.write_text(dumps_toml(cfg.to_dict()))
+    assert load_config(path) == cfg
+    m = build_vae(cfg.model, (1, 8, 8))
+    assert isinstance(m, pvae.HierarchicalVAE)
+    assert m.latent_dims == (6, 3) and m.hidden == ((16, 16), (8,)) and m.activation == "relu"
+    assert isinstance(m.prior, pvae.priors.MixtureOfGaussians) and m.prior.latent_dim == 3
+    # Defaults: the paper's 2 · dim widths, tanh.
+    m = build_vae(load_config(None, HIER).model, (5,))
+    assert m.hidden == ((12, 12), (6, 6)) and m.activation == "tanh"
+
+
+def test_one_layer_configs_are_read_and_written_as_before():
+    # Checkpoints store config.to_dict(); unset new keys must not appear in it.
+    assert list(Config().to_dict()["model"]) == [
+        "latent_dim",
+        "prior",
+        "likelihood",
+        "encoder",
+        "decoder",
+        "guide",
+    ]
+    assert isinstance(build_vae(load_config(None, ["model.latent_dim=[4]"]).model, (5,)), pvae.VAE)
+    assert build_vae(load_config(None, ["model.latent_dim=[4]"]).model, (5,)).latent_dim == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.latent_dim=[]"], "model.latent_dim must be a positive integer or a non-empty"),
+        (["model.latent_dim=[4, 0]"], "model.latent_dim entries must be a positive integer"),
+        (["model.hidden=[[8]]"], "model.hidden applies to a hierarchical model"),
+        (["model.activation=tanh"], "model.activation applies to a hierarchical model"),
+        ([*HIER, "model.hidden=[[8]]"], r"model.hidden must be a list of 2 lists"),
+        ([*HIER, "model.hidden=[8, 8]"], r"model.hidden\[0\] must be a list of widths"),
+        ([*HIER, "model.activation=sigmoid"], "unknown model.activation 'sigmoid'; valid: "),
+        ([*HIER, "model.encoder.hidden=[8]"], "model.encoder describes the one-layer VAE"),
+        ([*HIER, "model.guide.name=iaf"], "model.guide describes the one-layer VAE"),
+        (
+            ["model.latent_dim=[6, 3]"],
+            "train.objective='meanfield_elbo' is biased for a hierarchical model",
+        ),
+        (
+            ["model.latent_dim=[6, 3]", "train.objective=elbo", "train.beta=0.5"],
+            "train.beta, train.warmup_steps and train.free_bits are options of the one-layer",
+        ),
+        (["model.kwargs.a=1"], "model.kwargs is the keyword arguments of model.class"),
+        (["model.class=nocolon"], "model.class must be 'package.module:ClassName'"),
+        (["model.class=a:b:c"], "model.class must be 'package.module:ClassName'"),
+        (["model.class=m:C", "model.latent_dim=3"], r"remove model.latent_dim"),
+        (["model.claas=m:C"], r"unknown key in \[model\] 'claas'; valid: .*class"),
+    ],
+)
+def test_bad_hierarchical_and_class_configs_say_why(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+
+
+# -- a user's module ------------------------------------------------------------------------------
+USER_MODULE = '''
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pvae.program import PyroProgram
+
+
+class Tiny(PyroProgram):
+    """z ~ N(0, I), x ~ Bernoulli(logits = Linear(z)), any data shape."""
+
+    def __init__(self, latent_dim=2, width=8):
+        super().__init__()
+        self.latent_dim, self.width = latent_dim, width
+        self.data_shape = None
+
+    def build(self, data_shape):
+        self.data_shape = tuple(data_shape)
+        d = math.prod(data_shape)
+        self.enc = nn.Linear(d, 2 * self.latent_dim)
+        self.dec = nn.Linear(self.latent_dim, d)
+
+    def model(self, x=None, **kw):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent_dim), 1.0).to_event(1))
+            logits = self.dec(z).reshape(*z.shape[:-1], *self.data_shape)
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(len(self.data_shape)), obs=x)
+
+    def guide(self, x=None, **kw):
+        loc, raw = self.enc(x.flatten(1)).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def not_a_class():
+    pass
+
+
+class NoGuide(nn.Module):
+    def model(self, x):
+        pass
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A module ``pvae_user_models_<n>`` in a temporary working directory, forgotten after."""
+    import sys
+
+    name = f"pvae_user_models_{len(sys.modules)}"
+    (tmp_path / f"{name}.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_class_config_builds_the_users_module(user_module, tmp_path):
+    cfg = load_config(None, [f"model.class={user_module}:Tiny", "model.kwargs.latent_dim=3"])
+    assert cfg.to_dict()["model"]["class"] == f"{user_module}:Tiny"
+    path = tmp_path / "c.toml"
+    path.write_text(dumps_toml(cfg.to_dict()))
+    assert "[model.kwargs]" in path.read_text() and load_config(path) == cfg
+    m = build_vae(cfg.model, (1, 8, 8))
+    assert type(m).__name__ == "Tiny" and m.latent_dim == 3 and m.data_shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "error", "match"),
+    [
+        ("no_such_module_xyz:C", {}, ValueError, "cannot import module 'no_such_module_xyz'"),
+        ("{m}:Missing", {}, ValueError, "has no attribute 'Missing'; its classes: NoGuide, Tiny"),
+        ("{m}:not_a_class", {}, TypeError, "must be an nn.Module class with model and guide"),
+        ("{m}:NoGuide", {}, TypeError, "must be an nn.Module class with model and guide"),
+        (
+            "{m}:Tiny",
+            {"depth": 2},
+            ValueError,
+            "'depth' in model.kwargs .* valid: latent_dim, width",
+        ),
+    ],
+)
+def test_bad_class_configs_say_why(user_module, cls, kwargs, error, match):
+    overrides = [f"model.class={cls.format(m=user_module)}"]
+    overrides += [f"model.kwargs.{k}={v}" for k, v in kwargs.items()]
+    cfg = load_config(None, overrides)
+    with pytest.raises(error, match=match):
+        build_vae(cfg.model, (1, 8, 8))
+
+
+def test_the_cli_trains_and_evaluates_a_users_module(user_module, tmp_path, capsys):
+    import json
+
+    from pvae.cli import main
+
+    out = tmp_path / "run"
+    argv = ["--set", f"model.class={user_module}:Tiny", "--set", "model.kwargs.latent_dim=3"]
+    argv += ["--set", "train.epochs=1", "--set", "train.objective=elbo", "--no-progress"]
+    assert main(["train", "--out", str(out), *argv, "--set", "train.device=cpu"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--k", "10", "--json", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["diagnostics"]["units_by_site"] == {"z": 3}
+    assert res["log_px"] >= res["elbo"] - 4 * res["elbo_se"]

@@ -48,7 +48,8 @@ def test_reference_documents_every_config_key():
     for section in dataclasses.fields(Config):
         assert f"### `[{section.name}]`" in text
         for f in dataclasses.fields(section.default_factory()):
-            assert f"| `{f.name}` |" in text, f"{section.name}.{f.name} is undocumented"
+            key = f.metadata.get("key", f.name)  # `class` is the field class_
+            assert f"| `{key}` |" in text, f"{section.name}.{key} is undocumented"
 
 
 def test_readme_commands_are_in_the_docs():
