@@ -10,11 +10,11 @@ from typing import Any
 import pyro
 import tomllib
 import torch
+from torch import nn
 
 from pvae.checkpoint import CheckpointError
 from pvae.config import Config, build_vae, load_data
 from pvae.datasets import DataSplits
-from pvae.model import VAE
 from pvae.train import CHECKPOINT, CONFIG, FitResult, fit, load_run_state, resolve_device
 
 __all__ = ["Run", "load_run", "train_from_config"]
@@ -22,11 +22,19 @@ __all__ = ["Run", "load_run", "train_from_config"]
 
 @dataclass
 class Run:
-    """A trained run rebuilt from disk."""
+    """A trained run rebuilt from disk.
+
+    Attributes:
+        path: The run folder.
+        config: Its configuration.
+        vae: The trained model the configuration describes, with the checkpoint's parameters.
+        data: The data the configuration names.
+        checkpoint: The checkpoint as read.
+    """
 
     path: Path
     config: Config
-    vae: VAE
+    vae: nn.Module
     data: DataSplits
     checkpoint: dict[str, Any]
 

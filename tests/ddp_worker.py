@@ -1,12 +1,16 @@
 """Worker run by tests/test_distributed.py under torchrun (2 gloo processes on the CPU).
 
-Usage: ddp_worker.py MODE OUT   with MODE one of train, evaluate, fail.
+Usage: ddp_worker.py MODE OUT   with MODE one of train, train_generic, evaluate, fail.
 """
 
 import sys
+from collections.abc import Callable
 
+import pyro
+import pyro.distributions as dist
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
+from torch import nn
 
 import pvae
 from pvae import distributed
@@ -30,9 +34,35 @@ def noiseless_vae() -> pvae.VAE:
     return pvae.VAE(pvae.priors.LearnedGaussian(2), lik, guide, data_shape=(1, 3, 3), hidden=(16,))
 
 
-def train(out: str) -> None:
+class NoiselessPair(nn.Module):
+    """The same idea for a model/guide pair written in plain Pyro (two latents per datapoint, a
+    factor z and a shift u): the guide's scale is fixed at 1e-9, so both draws are their means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = nn.Sequential(nn.Linear(9, 16), nn.Tanh(), nn.Linear(16, 3))
+        self.dec = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 9))
+        self.log_scale = nn.Parameter(torch.tensor(-0.7))
+
+    def model(self, x: torch.Tensor) -> None:
+        flat = x.reshape(x.shape[0], -1)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(flat.new_zeros(2), 1.0).to_event(1))
+            u = pyro.sample("u", dist.Normal(flat.new_zeros(()), 1.0))
+            loc = self.dec(z) + u.unsqueeze(-1)
+            pyro.sample("x", dist.Normal(loc, self.log_scale.exp()).to_event(1), obs=flat)
+
+    def guide(self, x: torch.Tensor) -> None:
+        h = self.enc(x.reshape(x.shape[0], -1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(h[:, :2], 1e-9).to_event(1))
+            pyro.sample("u", dist.Normal(h[:, 2], 1e-9))
+
+
+def train(out: str, make: Callable[[], nn.Module] = noiseless_vae) -> None:
     d = distributed.info()
-    vae = noiseless_vae()
+    vae = make()
     batch = B if d is not None else 2 * B
     seen: dict[str, bool] = {}
 
@@ -42,7 +72,7 @@ def train(out: str) -> None:
             seen[name] = p.grad is not None
             if d is not None and p.grad is not None:
                 g = [torch.zeros_like(p.grad) for _ in range(d.world_size)]
-                dist.all_gather(g, p.grad)
+                tdist.all_gather(g, p.grad)
                 assert torch.equal(g[0], g[1]), name
 
     pvae.fit(
@@ -96,6 +126,12 @@ def fail(out: str) -> None:
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     distributed.init()
-    {"train": train, "evaluate": evaluate, "fail": fail}[mode](out)
+    modes = {
+        "train": train,
+        "train_generic": lambda out: train(out, NoiselessPair),
+        "evaluate": evaluate,
+        "fail": fail,
+    }
+    modes[mode](out)
     if distributed.info() is not None:
-        dist.destroy_process_group()
+        tdist.destroy_process_group()

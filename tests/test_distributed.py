@@ -51,8 +51,9 @@ def distributed_and_single(mode: str, tmp_path: Path) -> tuple[dict, dict]:
     return tuple(torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("ddp", "one"))
 
 
-def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path):
-    a, b = distributed_and_single("train", tmp_path)
+@pytest.mark.parametrize("mode", ["train", "train_generic"])  # a pvae.VAE; a plain-Pyro module
+def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(mode, tmp_path):
+    a, b = distributed_and_single(mode, tmp_path)
     assert a.keys() == b.keys()
     for k in a:
         # Same minibatches, same (noiseless) draws, gradients averaged over ranks: the runs

@@ -10,12 +10,13 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 
 
-def test_the_four_research_notebooks_exist():
+def test_the_research_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_priors_and_likelihoods.ipynb",
         "03_elbo_vs_iwae.ipynb",
         "04_posterior_collapse.ipynb",
+        "05_bring_your_own_model.ipynb",
     ]
 
 

@@ -113,18 +113,32 @@ def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def test_ctrl_c_keeps_last_checkpoint_and_the_run_resumes(tmp_path):
+def test_ctrl_c_keeps_last_checkpoint_and_the_run_resumes(tmp_path, capsys):
     x = torch.bernoulli(torch.full((40, 6), 0.5))
     vae = poisoned_vae(after=6, error=KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         pvae.fit(vae, x, batch_size=10, epochs=3, run_dir=tmp_path, progress=False, device="cpu")
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert capsys.readouterr().out == (
+        f"interrupted in epoch 2; checkpoint of epoch 1 kept in {tmp_path} (continue with resume)\n"
+    )
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     vae.decoder.after = math.inf
     res = pvae.fit(
         vae, x, batch_size=10, epochs=3, run_dir=tmp_path, resume=True, progress=False, device="cpu"
     )
     assert [r["epoch"] for r in res.history] == [1, 2, 3]
+
+
+def test_progress_shows_one_line_per_epoch(digits, capsys):
+    vae = pvae.VAE(pvae.priors.StandardNormal(2), hidden=(16,))
+    pvae.fit(vae, digits, epochs=2, device="cpu")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("train ELBO")[0].strip() for line in lines] == [
+        "epoch    1/2",
+        "epoch    2/2",
+    ]
+    assert all("val ELBO" in line and " ± " in line and line.endswith("s)") for line in lines)
 
 
 def test_crash_while_writing_leaves_old_checkpoint_intact(tmp_path, monkeypatch):

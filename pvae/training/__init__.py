@@ -1,0 +1,18 @@
+"""The parts :func:`pvae.fit` is built from, each in its own place.
+
+* :mod:`~pvae.training.setup`: before the first step: the splits, the device, the module built
+  for and checked against the data.
+* :mod:`~pvae.training.step`: the minibatch loss (fused fast path or Pyro's ELBO on the traces),
+  the optimizer, one update, one epoch.
+* :mod:`~pvae.training.divergence`: NaN/inf losses and parameters, reported where they began.
+* :mod:`~pvae.training.validation`: validation ELBO each epoch, IWAE_k curve points on a
+  schedule, the pictures at the end.
+* :mod:`~pvae.training.checkpointing`: the run folder: checkpoints with every RNG state (exact
+  resume), metrics, the stored configuration.
+* :mod:`~pvae.training.progress`: the progress bar and the lines a person reads.
+
+Every part works for any ``nn.Module`` with ``model(x)`` and ``guide(x)`` methods whose
+datapoint-local latent sites sit inside ``pyro.plate("data", x.shape[0])``; what only a
+:class:`~pvae.VAE` has (β, free bits, the fused path, a likelihood to check the data against,
+picture grids) is used where the module has it.
+"""

@@ -1,0 +1,206 @@
+"""The run folder: a checkpoint after every epoch, ``metrics.json`` and ``config.toml``.
+
+A checkpoint holds what an exact resume needs: the module's and the optimizer's state, the step
+and epoch counters, the history, and every rank's RNG state. With the shuffle of each epoch a
+function of (seed, epoch) alone (:func:`~pvae.training.step.epoch_generator`) and curve points
+on a schedule of the epoch number, a run resumed after epoch e continues with exactly the
+numbers an uninterrupted run would have drawn. Files are written by rank 0, atomically
+(:mod:`pvae.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pvae import distributed as D
+from pvae.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    check_state_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pvae.config import dumps_toml
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "METRICS",
+    "Checkpointer",
+    "TrainState",
+    "check_run_dir",
+    "load_run_state",
+]
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.toml"
+METRICS = "metrics.json"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what a checkpoint restores.
+
+    Attributes:
+        epoch: Epochs completed.
+        step: Optimizer steps taken.
+        history: One record per completed epoch.
+        config: The run's configuration, if it has one.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+
+
+def check_run_dir(run_dir: str | Path | None, resume: bool) -> Path | None:
+    """The run folder as a path, refusing a resume without one and a fresh run over one."""
+    path = Path(run_dir) if run_dir is not None else None
+    if resume and path is None:
+        raise ValueError("resume=True needs run_dir, the folder holding checkpoint.pt")
+    if path is not None and not resume and (path / CHECKPOINT).exists():
+        raise ValueError(
+            f"run_dir {str(path)!r} already holds a checkpoint; resume it (resume=True, "
+            "`pvae train --resume RUN`) or choose another folder"
+        )
+    return path
+
+
+class Checkpointer:
+    """Saves and restores a run's state in its folder (a no-op without one).
+
+    Args:
+        path: The run folder, or ``None``.
+        module: The module trained.
+        optimizer: Its optimizer.
+        data_shape: Shape of one datapoint (lets :func:`load_run_state` build a
+            :class:`~pvae.VAE` before loading).
+        d: The distributed job, or ``None``; every rank takes part in a save, rank 0 writes.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data_shape: Sequence[int],
+        d: D.DistInfo | None,
+    ) -> None:
+        self.path = path
+        self.module = module
+        self.optimizer = optimizer
+        self.data_shape = list(data_shape)
+        self.d = d
+        self.main = d is None or d.is_main
+
+    def restore(self, device: torch.device) -> TrainState:
+        """Load the folder's checkpoint into module, optimizer and this rank's RNGs."""
+        file = self.path / CHECKPOINT
+        ckpt = load_checkpoint(file, map_location=device)
+        check_state_matches(self.module, ckpt["model"], str(file))
+        self.module.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(rank_rng(ckpt["rng"], self.d))
+        return TrainState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]), ckpt.get("config"))
+
+    def start(self, state: TrainState, fresh: bool) -> None:
+        """Create the folder and write ``config.toml``; a fresh run also saves epoch 0, so a
+        last good checkpoint exists from the start. Called once every input has been checked."""
+        if self.path is None:
+            return
+        if self.main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if state.config is not None:  # a resumed run may extend train.epochs: keep it current
+                atomic_write_bytes(self.path / CONFIG, dumps_toml(state.config).encode())
+        if fresh:
+            self.save(state)
+
+    def save(self, state: TrainState) -> None:
+        """Write the checkpoint and ``metrics.json`` for ``state``."""
+        if self.path is None:
+            return
+        rng = rng_state()
+        if self.d is not None:  # every rank's generators, for an exact resume
+            states: list[Any] = [None] * self.d.world_size
+            torch.distributed.all_gather_object(states, rng)
+            rng = {"ranks": states}
+        if not self.main:
+            return
+        save_checkpoint(
+            self.path / CHECKPOINT,
+            {
+                "epoch": state.epoch,
+                "step": state.step,
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng,
+                "history": state.history,
+                "config": state.config,
+                "data_shape": self.data_shape,
+            },
+        )
+        metrics = json.dumps(state.history, indent=1) + "\n"
+        atomic_write_bytes(self.path / METRICS, metrics.encode())
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch (and CUDA) generator states."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def rank_rng(state: dict[str, Any], d: D.DistInfo | None) -> dict[str, Any]:
+    """This rank's RNG state from a checkpoint. An exact resume needs the world size the
+    checkpoint was written with (otherwise ranks would share one stream of noise)."""
+    ranks = state.get("ranks", [state])
+    world = 1 if d is None else d.world_size
+    if len(ranks) != world:
+        raise CheckpointError(
+            f"checkpoint was written by {len(ranks)} process(es); resume it with the same number "
+            f"(torchrun --nproc_per_node={len(ranks)}), this job has {world}"
+        )
+    return ranks[0 if d is None else d.rank]
+
+
+def load_run_state(
+    run_dir: str | Path, module: nn.Module, map_location: Any = "cpu"
+) -> dict[str, Any]:
+    """Load ``run_dir/checkpoint.pt`` (or a checkpoint file) into ``module``.
+
+    A module with ``build(data_shape)`` that is not built yet (a :class:`~pvae.VAE` without a
+    data shape) is built for the checkpoint's data shape first.
+
+    Returns:
+        The checkpoint.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, unreadable, or from another model.
+    """
+    path = Path(run_dir)
+    path = path / CHECKPOINT if path.is_dir() else path
+    ckpt = load_checkpoint(path, map_location=map_location)
+    unbuilt = (
+        callable(getattr(module, "build", None)) and getattr(module, "data_shape", None) is None
+    )
+    if unbuilt and "data_shape" in ckpt:
+        module.build(ckpt["data_shape"])
+    check_state_matches(module, ckpt["model"], str(path))
+    module.load_state_dict(ckpt["model"])
+    return ckpt

@@ -1,0 +1,330 @@
+"""The training step: the minibatch loss, the optimizer, one update, one epoch.
+
+The loss of a minibatch of B out of N datapoints is the negative ELBO *per datapoint*, so
+learning rates and gradient clipping do not depend on the dataset size:
+
+* a :class:`~pvae.VAE` runs its model and guide in a ``"data"`` plate over the whole dataset
+  (``size=N, subsample=idx``, which scales the log densities by N / B, an unbiased estimate of
+  the full-data ELBO) and the loss is divided by N. Where the fused fast path
+  (:mod:`pvae.objectives.fused`) computes that loss exactly, it does so without tracing;
+* any other module runs ``model(x)`` and ``guide(x)`` with the plate over the minibatch
+  (``pyro.plate("data", x.shape[0])``), and the loss is
+  ``elbo.differentiable_loss(model, guide, x) / B``.
+
+Either way the optimizer updates ``module.parameters()`` directly; Pyro's param store plays no
+part (see :func:`fit_context`). β, warm-up and free bits are attributes of a
+:class:`~pvae.VAE` and apply to such modules only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import pyro.optim.clipped_adam
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+
+from pvae import distributed as D
+from pvae._checks import lookup, positive_float
+from pvae.datasets import Split
+from pvae.model import VAE
+from pvae.objectives import fused, make_objective
+from pvae.program import param_sites
+from pvae.training.divergence import raise_if_diverged
+
+__all__ = [
+    "OPTIMIZERS",
+    "LossFn",
+    "Objective",
+    "StepOptions",
+    "TrainStep",
+    "epoch_generator",
+    "fit_context",
+    "kl_weight",
+    "kl_weighted",
+    "make_loss",
+    "make_optimizer",
+    "run_epoch",
+]
+
+LossFn = Callable[[Tensor, Tensor, int], Tensor]
+"""``(x, idx, N) -> loss``: the negative ELBO per datapoint of minibatch ``x`` (indices ``idx``
+of ``N`` datapoints), differentiable."""
+
+
+@dataclass
+class StepOptions:
+    """How each step computes its loss and updates the parameters (see :func:`pvae.fit`).
+
+    Checked on construction; ``elbo`` is the Pyro objective built from the first four fields.
+    """
+
+    objective: str | pyro.infer.ELBO = "meanfield_elbo"
+    num_particles: int = 1
+    vectorize_particles: bool = False
+    estimator: str = "reparam"
+    fast: bool = True
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    clip_norm: float | None = None
+    beta: float = 1.0
+    warmup_steps: int = 0
+    free_bits: float = 0.0
+    elbo: pyro.infer.ELBO = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.lr = positive_float("lr", self.lr)
+        if self.clip_norm is not None:
+            self.clip_norm = positive_float("clip_norm", self.clip_norm)
+        lookup("optimizer", OPTIMIZERS, self.optimizer)
+        self.elbo = make_objective(
+            self.objective, self.num_particles, self.vectorize_particles, self.estimator
+        )
+        self.beta = positive_float("beta", self.beta, allow_zero=True)
+        self.free_bits = positive_float("free_bits", self.free_bits, allow_zero=True)
+        w = self.warmup_steps
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {w!r}")
+
+    def check_applies_to(self, module: nn.Module) -> None:
+        """Refuse β, warm-up and free bits for a module that has no KL weight to set."""
+        if kl_weighted(module):
+            return
+        for name, value, default in (
+            ("beta", self.beta, 1.0),
+            ("warmup_steps", self.warmup_steps, 0),
+            ("free_bits", self.free_bits, 0.0),
+        ):
+            if value != default:
+                raise ValueError(
+                    f"{name}={value!r} applies to a pvae.VAE (a module with beta and free_bits "
+                    f"attributes), not to a {type(module).__name__}; leave it at {default!r} "
+                    "and weight the latent sites in its model and guide (pyro.poutine.scale)"
+                )
+
+
+def kl_weighted(module: nn.Module) -> bool:
+    """Whether ``module`` takes β and free bits as attributes (as :class:`~pvae.VAE` does)."""
+    return hasattr(module, "beta") and hasattr(module, "free_bits")
+
+
+def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
+    """β at 0-based ``step``: linear warm-up from β/warmup_steps to β, then constant."""
+    return beta * min(1.0, (step + 1) / warmup_steps) if warmup_steps else beta
+
+
+def _adam(params: Iterable[nn.Parameter], lr: float, clip_norm: float | None) -> Optimizer:
+    return torch.optim.Adam(params, lr=lr)  # clip_norm: the global norm, clipped by TrainStep
+
+
+def _clipped_adam(params: Iterable[nn.Parameter], lr: float, clip_norm: float | None) -> Optimizer:
+    # Pyro's ClippedAdam clips each gradient elementwise to [-clip_norm, clip_norm].
+    return pyro.optim.clipped_adam.ClippedAdam(params, lr=lr, clip_norm=clip_norm or 10.0)
+
+
+OPTIMIZERS: Mapping[str, Callable[..., Optimizer]] = {"adam": _adam, "clipped_adam": _clipped_adam}
+
+
+def make_optimizer(
+    name: str, params: Iterable[nn.Parameter], lr: float, clip_norm: float | None
+) -> Optimizer:
+    """The optimizer called ``name`` in :data:`OPTIMIZERS` over ``params``.
+
+    Args:
+        name: ``"adam"`` (:class:`torch.optim.Adam`) or ``"clipped_adam"`` (Pyro's ClippedAdam).
+        params: The parameters to optimize.
+        lr: Learning rate.
+        clip_norm: ClippedAdam's elementwise clip value (10 by default); Adam ignores it (the
+            step clips the global gradient norm instead).
+    """
+    return lookup("optimizer", OPTIMIZERS, name)(params, lr, clip_norm)
+
+
+def make_loss(module: nn.Module, opts: StepOptions, quiet: bool = False) -> LossFn:
+    """The per-datapoint loss of ``module`` (see the module docstring).
+
+    Args:
+        module: A :class:`~pvae.VAE` or any module with ``model(x)``/``guide(x)``.
+        opts: The objective and whether to try the fused fast path.
+        quiet: Do not print the notice that a VAE subclass trains through Pyro.
+    """
+    elbo = opts.elbo
+    if not isinstance(module, VAE):
+        return lambda x, idx, n: (
+            elbo.differentiable_loss(module.model, module.guide, x) / x.shape[0]
+        )
+    if opts.fast and isinstance(opts.objective, str):
+        reason = fused.supports(module)
+        if reason is None:
+            fo = fused.FusedObjective(
+                opts.objective, opts.num_particles, opts.vectorize_particles, opts.estimator
+            )
+            return lambda x, idx, n: fo.loss(module, x, n) / n
+        if not quiet:
+            print(
+                f"pvae: note: {reason}; training through Pyro's {type(elbo).__name__} "
+                "(the fast path handles the standard VAE model/guide only)",
+                file=sys.stderr,
+            )
+    return lambda x, idx, n: (
+        elbo.differentiable_loss(module.model, module.guide, x, size=n, subsample=idx) / n
+    )
+
+
+def notice_monte_carlo_kl(module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor) -> None:
+    """One notice when ``TraceMeanField_ELBO`` must fall back to the Monte Carlo KL for a VAE's
+    guide/prior pair."""
+    if not isinstance(module, VAE) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
+        return
+    with torch.no_grad():
+        try:
+            torch.distributions.kl_divergence(module.encode(x), module.prior())
+        except NotImplementedError:
+            print(
+                f"pvae: note: no closed-form KL between the {type(module.encoder).__name__} "
+                f"guide and the {type(module.prior).__name__} prior; meanfield_elbo uses the "
+                "Monte Carlo KL estimate (Pyro's fallback) for it",
+                file=sys.stderr,
+            )
+
+
+class Objective(nn.Module):
+    """The training loss as a module's forward, so DistributedDataParallel can wrap it: every
+    parameter of the trained module (priors, likelihoods, guides included) is then in the
+    all-reduce."""
+
+    def __init__(self, program: nn.Module, loss: LossFn) -> None:
+        super().__init__()
+        self.program = program
+        self.loss = loss
+
+    def forward(self, x: Tensor, idx: Tensor, n: int) -> Tensor:
+        return self.loss(x, idx, n)
+
+
+@contextlib.contextmanager
+def fit_context() -> Iterator[None]:
+    """How :func:`pvae.fit` runs a module's Pyro code: without announcing pvae programs'
+    parameters as ``param`` sites (fit optimizes ``module.parameters()`` and needs none), and in
+    a parameter store of its own, so a ``PyroModule``'s ``PyroParam`` is never swapped for a
+    tensor that another instance left under the same name in Pyro's global store."""
+    with param_sites(False), pyro.get_param_store().scope():
+        yield
+
+
+class TrainStep:
+    """One optimizer update on a minibatch; ``steps`` counts the updates of the run.
+
+    Args:
+        module: The module to train.
+        opts: Loss and optimizer options.
+        device: The training device (the rank's GPU in a distributed job).
+        d: The distributed job, or ``None``.
+        seed: The run's seed; in a distributed job each rank then draws its own noise.
+        quiet: Print no notices (ranks other than 0).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        opts: StepOptions,
+        device: torch.device,
+        d: D.DistInfo | None,
+        seed: int,
+        quiet: bool = False,
+    ) -> None:
+        self.module = module
+        self.opts = opts
+        self.steps = 0
+        self.engine: nn.Module = Objective(module, make_loss(module, opts, quiet))
+        if d is not None:
+            # DDP averages gradients over ranks; each rank's loss is a per-datapoint mean over
+            # its b datapoints, so the average is the gradient of the global batch of
+            # world_size × b, as in one process.
+            self.engine = DistributedDataParallel(
+                self.engine,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=opts.free_bits > 0,  # masked KL leaves prior params unused
+            )
+            torch.manual_seed(seed * 7919 + d.rank)  # each rank its own noise; same weights
+        self.optimizer = make_optimizer(
+            opts.optimizer, module.parameters(), opts.lr, opts.clip_norm
+        )
+        self._weighted = kl_weighted(module)
+
+    def __call__(self, x: Tensor, idx: Tensor, n: int) -> Tensor:
+        """Update on minibatch ``x`` (indices ``idx`` of ``n``); return its summed loss."""
+        opts = self.opts
+        if self._weighted:
+            self.module.beta = kl_weight(self.steps, opts.beta, opts.warmup_steps)
+            self.module.free_bits = opts.free_bits
+        loss = self.engine(x, idx, n)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.clip_norm is not None and opts.optimizer == "adam":
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), opts.clip_norm)
+        self.optimizer.step()
+        self.steps += 1
+        return loss.detach() * x.shape[0]
+
+    def unweight(self) -> None:
+        """Make the module the plain model again (β = 1, no free bits)."""
+        if self._weighted:
+            self.module.beta, self.module.free_bits = 1.0, 0.0
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffle of epoch ``epoch``: it depends only on (seed, epoch), so resuming needs no
+    loader state."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def run_epoch(
+    step: TrainStep,
+    train: Split,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    d: D.DistInfo | None,
+    on_step: Callable[[], None] = lambda: None,
+    run_path: Path | None = None,
+) -> float:
+    """Train one epoch of shuffled minibatches (this rank's shard of them in a distributed job).
+
+    Returns:
+        The epoch's training objective, nats per datapoint: the mean over every step's
+        minibatch (over every rank's, so all ranks report the same number and all stop together
+        on divergence).
+
+    Raises:
+        TrainingDivergedError: a loss or a parameter became NaN/inf.
+    """
+    shard = (lambda order: D.shard(order, d)) if d is not None else None
+    gen = epoch_generator(seed, epoch)
+    losses: list[Tensor] = []
+    step.module.train()
+    try:
+        with fit_context():
+            for idx, x in train.batches(batch_size, shuffle=True, generator=gen, shard=shard):
+                losses.append(step(x, idx, len(train)))
+                on_step()
+    except (ValueError, RuntimeError) as err:
+        # Non-finite parameters make the next step fail inside distribution validation;
+        # report that as the divergence it is, at the step where it began.
+        raise_if_diverged(losses, step.module, epoch, step.steps, run_path, cause=err)
+        raise
+    per_step = torch.stack(losses)
+    if d is not None:
+        torch.distributed.all_reduce(per_step)
+    # One device sync per epoch: the NaN check and the epoch mean together.
+    raise_if_diverged(per_step.unbind(), step.module, epoch, step.steps, run_path)
+    world = 1 if d is None else d.world_size
+    per_rank = -(-len(train) // world)  # the shards are padded to equal size
+    return float(-per_step.sum() / (per_rank * world))

@@ -1,0 +1,126 @@
+"""Validation during training: the ELBO and its terms every epoch, IWAE_k curve points on a
+schedule, and the pictures a run folder gets at the end.
+
+Both estimators read the module's Pyro traces (:func:`pvae.evaluate_elbo`, :func:`pvae.bounds`),
+so they serve any module with ``model``/``guide``; the validation numbers are always the true
+ELBO, whatever β or free bits the training objective used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from pvae import distributed as D
+from pvae._checks import positive_int
+from pvae.datasets import Split
+from pvae.evaluation.bounds import bounds
+from pvae.evaluation.elbo import ElboEstimate, evaluate_elbo
+from pvae.training.step import fit_context
+
+__all__ = [
+    "ValidationOptions",
+    "curve_points",
+    "validate",
+    "validation_elbo",
+    "write_figures",
+]
+
+
+@dataclass
+class ValidationOptions:
+    """What is evaluated on the validation split (see :func:`pvae.fit`).
+
+    Attributes:
+        batch_size: Datapoints per chunk of the validation ELBO.
+        curve_ks: The k of the IWAE_k curve points; empty: no curves.
+        curve_every: Epochs between curve points.
+        curve_subset: Validation datapoints the curve points use (the first ones).
+    """
+
+    batch_size: int = 1024
+    curve_ks: Sequence[int] = ()
+    curve_every: int = 10
+    curve_subset: int = 256
+
+    def __post_init__(self) -> None:
+        self.curve_ks = tuple(positive_int("curve_ks", k) for k in self.curve_ks)
+        self.curve_every = positive_int("curve_every", self.curve_every)
+        self.curve_subset = positive_int("curve_subset", self.curve_subset)
+        self.batch_size = positive_int("eval_batch_size", self.batch_size)
+
+    def curves_at(self, epoch: int) -> bool:
+        """Whether ``epoch`` records curve points: a schedule of the epoch number alone, so a
+        resumed run records (and draws random numbers for) exactly the epochs an uninterrupted
+        one does."""
+        return bool(self.curve_ks) and epoch % self.curve_every == 0
+
+
+def validate(
+    module: nn.Module, val: Split, opts: ValidationOptions, epoch: int, d: D.DistInfo | None
+) -> dict[str, float]:
+    """The validation part of epoch ``epoch``'s record (nats per datapoint).
+
+    Returns:
+        ``val_elbo``, ``val_elbo_se``, ``val_recon``, ``val_kl``; on the curve schedule also
+        ``val_iwae_<k>`` for each k and ``val_log_px`` (the largest k).
+    """
+    module.eval()
+    x = val.observed()
+    with fit_context():
+        s = validation_elbo(module, x, opts.batch_size, d)
+        record = {
+            "val_elbo": s["elbo"],
+            "val_elbo_se": s["elbo_se"],
+            "val_recon": s["recon"],
+            "val_kl": s["kl"],
+        }
+        if opts.curves_at(epoch):
+            record.update(curve_points(module, x[: opts.curve_subset], opts.curve_ks, d))
+    return record
+
+
+def validation_elbo(
+    module: nn.Module, x: Tensor, batch_size: int, d: D.DistInfo | None
+) -> dict[str, float]:
+    """:meth:`ElboEstimate.summary` of ``x``; in a distributed job each rank evaluates a
+    contiguous shard and the per-datapoint values are gathered on every rank."""
+    if d is None:
+        return evaluate_elbo(module, x, batch_size=batch_size).summary()
+    part = x.tensor_split(d.world_size)[d.rank]  # may be empty when N < world size
+    e = evaluate_elbo(module, part if part.shape[0] else x[:1], batch_size=batch_size)
+    mine = torch.stack([e.elbo, e.recon, e.kl])[:, : part.shape[0]]
+    every = torch.cat(D.gather_blocks({d.rank: mine}, d.world_size), dim=1)
+    nan = torch.full_like(every[0], math.nan)
+    return ElboEstimate(every[0], every[1], every[2], e.analytic_kl, e.num_dims, nan).summary()
+
+
+def curve_points(
+    module: nn.Module, x: Tensor, ks: Sequence[int], d: D.DistInfo | None
+) -> dict[str, float]:
+    """IWAE_k of ``x`` for each k (``val_iwae_<k>``) and the largest-k one as ``val_log_px``."""
+    ladder = bounds(module, x, ks=ks, distributed=d is not None)
+    points = {f"val_iwae_{k}": rung["mean"] for k, rung in ladder.iwae.items()}
+    points["val_log_px"] = ladder.iwae[max(ladder.iwae)]["mean"]
+    return points
+
+
+def write_figures(
+    module: nn.Module, run_path: Path, history: list[dict[str, float]], shown: Tensor
+) -> None:
+    """``curves.png`` always; ``reconstructions.png`` and ``samples.png`` for a module that
+    encodes, decodes and has a prior over image-shaped data (a :class:`~pvae.VAE`)."""
+    from pvae import plotting
+
+    images = plotting.is_image_shape(getattr(module, "data_shape", None)) and all(
+        callable(getattr(module, name, None)) for name in ("encode", "decode_mean", "prior")
+    )
+    if images:
+        plotting.reconstructions(module, shown, path=run_path / "reconstructions.png")
+        plotting.samples(module, path=run_path / "samples.png")
+    plotting.training_curves(history, path=run_path / "curves.png")
