@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
 import pvae
-from pvae.train import _loss_function, _make_optimizer
+from pvae.training.step import StepOptions, make_loss, make_optimizer
 
 LATENT = 50
 
@@ -61,12 +61,11 @@ def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
 
 def pvae_step(device: torch.device, n: int):
     vae = make_vae(device)
-    elbo = pvae.objectives.make_objective("meanfield_elbo")
-    loss_fn = _loss_function(vae, elbo, "meanfield_elbo", True, 1, False, "reparam")
-    opt = _make_optimizer("adam", vae.parameters(), 1e-3, None)
+    loss_fn = make_loss(vae, StepOptions(objective="meanfield_elbo"))
+    opt = make_optimizer("adam", vae.parameters(), 1e-3, None)
 
     def step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return update(opt, loss_fn(x, idx, n) / n)
+        return update(opt, loss_fn(x, idx, n))
 
     return step, vae
 
@@ -74,7 +73,7 @@ def pvae_step(device: torch.device, n: int):
 def hand_step(device: torch.device, n: int):
     enc, dec = nets(device)
     params = [*enc.parameters(), *dec.parameters()]
-    opt = _make_optimizer("adam", params, 1e-3, None)
+    opt = make_optimizer("adam", params, 1e-3, None)
 
     def step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         h = enc(x)

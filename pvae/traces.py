@@ -51,6 +51,7 @@ __all__ = [
     "TraceWeights",
     "check_sites",
     "checked_particle_traces",
+    "closed_form_blockers",
     "inspect_pair",
     "log_weights",
     "particle_traces",
@@ -231,6 +232,25 @@ def site_terms(
                 if site["is_observed"]:
                     terms.observed.append(name)
     return terms
+
+
+def closed_form_blockers(model_trace: Any, guide_trace: Any) -> dict[str, list[str]]:
+    """For each latent site, the latents drawn *after* it in the guide that condition it in the
+    model (come before it in the model). Where the list is non-empty, a closed-form KL at the
+    site, taken at the drawn values of those latents, is biased: the ELBO needs
+    E_q[log q(v | ·) − log p(v | pa)] with pa drawn *given* v, which is what the Monte Carlo
+    term estimates (z₁ of a bottom-up hierarchical guide, whose z₂ ~ q(z₂ | z₁)). Pyro's
+    ``TraceMeanField_ELBO`` assumes the list is empty everywhere."""
+    guide_order = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample"]
+    model_order = [
+        n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]
+    ]
+    out = {}
+    for name in guide_order:
+        after = guide_order[guide_order.index(name) + 1 :]
+        before = model_order[: model_order.index(name)] if name in model_order else []
+        out[name] = [n for n in after if n in before]
+    return out
 
 
 def log_weights(

@@ -41,7 +41,14 @@ from pvae.training.setup import (
     resolve_device,
     training_device,
 )
-from pvae.training.step import StepOptions, TrainStep, kl_weight, notice_monte_carlo_kl, run_epoch
+from pvae.training.step import (
+    StepOptions,
+    TrainStep,
+    check_mean_field,
+    kl_weight,
+    notice_monte_carlo_kl,
+    run_epoch,
+)
 from pvae.training.validation import ValidationOptions, validate, write_figures
 
 __all__ = [
@@ -212,6 +219,7 @@ def fit(
     pyro.set_rng_seed(seed)
     train, val = prepare(module, train, val, dev)
     notice_monte_carlo_kl(module, step_options.elbo, train.x[:2])
+    check_mean_field(module, step_options.elbo, train.x[:2])
     step = TrainStep(module, step_options, dev, d, seed, quiet=not main)
     checkpoints = Checkpointer(run_path, module, step.optimizer, train.data_shape, d)
     state = checkpoints.restore(dev) if resume else TrainState()

@@ -417,3 +417,10 @@ def test_plain_pyro_wrong_guide_converges_within_its_se():
         assert hi["mean"] > lo["mean"] - 3 * math.hypot(lo["se"], hi["se"])
     assert rungs[1]["mean"] - rungs[0]["mean"] > 0.5
     assert abs(rungs[-1]["mean"] - exact) < 4 * rungs[-1]["se"]
+
+
+def test_fit_refuses_the_biased_mean_field_elbo_for_a_bottom_up_guide():
+    m = pvae.HierarchicalVAE((3, 2), data_shape=(4,), likelihood=pvae.likelihoods.Gaussian())
+    with pytest.raises(ValueError, match="'meanfield_elbo' .*draws 'z2' after 'z1'"):
+        pvae.fit(m, torch.randn(10, 4), objective="meanfield_elbo", epochs=1, progress=False)
+    pvae.fit(m, torch.randn(10, 4), objective="elbo", epochs=1, progress=False, device="cpu")

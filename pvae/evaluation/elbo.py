@@ -32,7 +32,13 @@ from torch.distributions import kl_divergence
 from pvae._checks import positive_int
 from pvae.evaluation._weights import Target, resolve
 from pvae.program import param_sites
-from pvae.traces import _data_frame, _per_datapoint, particle_traces, site_terms
+from pvae.traces import (
+    _data_frame,
+    _per_datapoint,
+    closed_form_blockers,
+    particle_traces,
+    site_terms,
+)
 
 __all__ = ["ElboEstimate", "evaluate_elbo"]
 
@@ -87,17 +93,6 @@ def _site_kl(guide_site: dict, model_site: dict, n_dims: int, s: int) -> Tensor 
     return _per_datapoint(kl, n_dims, frame.dim, s, frame.size, model_site["name"])
 
 
-def _closed_form_ok(name: str, guide_order: list[str], model_order: list[str]) -> bool:
-    """Whether E_q[log q − log p] at site ``name`` may be taken in closed form given the drawn
-    values of the other sites: only when every latent that can condition it in the model (those
-    before it in the model) was drawn before it in the guide. Otherwise (a bottom-up guide with a
-    top-down model: z2 ~ q(z2 | z1) is drawn after z1, but p(z1 | z2) conditions on it) the
-    closed form at the drawn z2 is biased, and the Monte Carlo term is used."""
-    drawn_after = set(guide_order[guide_order.index(name) + 1 :])
-    conditioning = set(model_order[: model_order.index(name)])
-    return not (drawn_after & conditioning)
-
-
 def _chunk_terms(
     target: Target, xb: Tensor, kw: Mapping[str, Any], s: int, analytic_kl: bool
 ) -> tuple[Tensor, Tensor, bool]:
@@ -107,12 +102,12 @@ def _chunk_terms(
     recon = sum(terms.model[name] for name in terms.observed)
     kl: Tensor | float = 0.0
     analytic = analytic_kl
-    guide_order = list(terms.guide)
-    model_order = [n for n in terms.model if n not in terms.observed]
+    # Closed form only where unbiased (see closed_form_blockers): not at z1 of a bottom-up guide.
+    blockers = closed_form_blockers(model_trace, guide_trace)
     for name, lq in terms.guide.items():
         closed = (
             _site_kl(guide_trace.nodes[name], model_trace.nodes[name], target.nesting + 1, s)
-            if analytic_kl and _closed_form_ok(name, guide_order, model_order)
+            if analytic_kl and not blockers[name]
             else None
         )
         if closed is None:

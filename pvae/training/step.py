@@ -36,7 +36,8 @@ from pvae._checks import lookup, positive_float
 from pvae.datasets import Split
 from pvae.model import VAE
 from pvae.objectives import fused, make_objective
-from pvae.program import param_sites
+from pvae.program import as_program, param_sites
+from pvae.traces import closed_form_blockers, inspect_pair
 from pvae.training.divergence import raise_if_diverged
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Objective",
     "StepOptions",
     "TrainStep",
+    "check_mean_field",
     "epoch_generator",
     "fit_context",
     "kl_weight",
@@ -193,6 +195,25 @@ def notice_monte_carlo_kl(module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor) -
                 "Monte Carlo KL estimate (Pyro's fallback) for it",
                 file=sys.stderr,
             )
+
+
+def check_mean_field(module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor) -> None:
+    """Refuse ``TraceMeanField_ELBO`` for a guide that is not mean-field with respect to the
+    model: its closed-form KL would then be biased (:func:`pvae.traces.closed_form_blockers`),
+    and Pyro only warns."""
+    if isinstance(module, VAE) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
+        return
+    with param_sites(False), pyro.get_param_store().scope():
+        _, model_trace, guide_trace = inspect_pair(as_program(module), (x,), {})
+    bad = {n: b for n, b in closed_form_blockers(model_trace, guide_trace).items() if b}
+    if bad:
+        site, after = next(iter(bad.items()))
+        raise ValueError(
+            f"objective 'meanfield_elbo' (TraceMeanField_ELBO) is biased for this guide: it "
+            f"draws {', '.join(map(repr, after))} after {site!r}, but the model conditions "
+            f"{site!r} on it, so the closed-form KL at {site!r} is not the ELBO's term; use "
+            "objective 'elbo' or 'iwae'"
+        )
 
 
 class Objective(nn.Module):
