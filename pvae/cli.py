@@ -207,7 +207,7 @@ def _needs_vae(module: object, what: str) -> None:
     if not isinstance(module, VAE):
         raise ValueError(
             f"{what} draws a one-layer pvae.VAE's latent space; this run trains a "
-            f"{type(module).__name__} (available: pvae plot --what curves|khat)"
+            f"{type(module).__name__} (available: pvae plot --what curves|khat|samples|recon)"
         )
 
 
@@ -215,7 +215,7 @@ def _plot(args: argparse.Namespace) -> int:
     from pvae import plotting
 
     run = load_run(args.run, device=args.device)
-    if args.what not in ("curves", "khat"):
+    if args.what not in ("curves", "khat", "samples", "recon"):
         _needs_vae(run.vae, f"--what {args.what}")
     x = run.data.test.to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
@@ -240,7 +240,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
-    _needs_vae(run.vae, "pvae sample")
+    if not callable(getattr(run.vae, "sample", None)):
+        raise ValueError(f"{type(run.vae).__name__} has no sample(n) method: nothing to draw")
     pyro.set_rng_seed(args.seed)
     from pvae import plotting
 

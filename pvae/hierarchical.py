@@ -287,6 +287,10 @@ class HierarchicalVAE(PyroProgram):
             out.append(h)
         return out
 
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | z_1] at the chain's means: a deterministic reconstruction."""
+        return self.decode_mean(self.posterior_means(x)[0])
+
     def sample_latents(self, n: int) -> list[Tensor]:
         """Draw ``[z_1, …, z_L]`` for ``n`` datapoints down the generative chain."""
         self._require_built()

@@ -193,6 +193,15 @@ class VAE(PyroProgram):
         """E[x | z], for reconstruction and sample grids."""
         return self.likelihood.mean(self.decoder(z), len(self.data_shape))
 
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | z] at the point estimate of q(z | x): a deterministic reconstruction."""
+        return self.decode_mean(point_estimate(self.encode(x)))
+
+    def sample(self, n: int, mean: bool = False) -> Tensor:
+        """Draw ``n`` datapoints x ~ p(x) (or E[x | z] with ``mean=True``, for a picture grid)."""
+        z = self.prior().sample((positive_int("n", n),))
+        return self.decode_mean(z) if mean else self.decode(z).sample()
+
     # -- Pyro program ----------------------------------------------------------------------------
     def kl_scale(self, q: dist.TorchDistribution) -> float:
         r"""Scale of the latent sites: β, or 0 while free bits hold the KL below its floor.

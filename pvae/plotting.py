@@ -87,17 +87,18 @@ def _grid(images: Tensor, nrow: int, title: str, path: str | Path | None) -> Any
 
 
 @torch.no_grad()
-def reconstructions(vae: VAE, x: Tensor, n: int = 8, path: str | Path | None = None) -> Any:
-    """Data (top row) against reconstructions E[x | z = point estimate of q(z | x)] (bottom)."""
+def reconstructions(vae: Any, x: Tensor, n: int = 8, path: str | Path | None = None) -> Any:
+    """Data (top row) against reconstructions (bottom): ``vae.reconstruct(x)``, E[x | z] at the
+    point estimate of the guide (a :class:`~pvae.VAE` or :class:`~pvae.HierarchicalVAE`)."""
     x = x[:n]
-    recon = vae.decode_mean(point_estimate(vae.encode(x)))
+    recon = vae.reconstruct(x)
     return _grid(torch.cat([x, recon]), len(x), "data (top) / reconstruction (bottom)", path)
 
 
 @torch.no_grad()
-def samples(vae: VAE, n: int = 64, path: str | Path | None = None) -> Any:
-    """Decoder means E[x | z] for z drawn from the prior."""
-    return _grid(vae.decode_mean(vae.prior().sample((n,))), 8, "samples from the prior", path)
+def samples(vae: Any, n: int = 64, path: str | Path | None = None) -> Any:
+    """Decoder means E[x | z] for latents drawn from the prior (``vae.sample(n, mean=True)``)."""
+    return _grid(vae.sample(n, mean=True), 8, "samples from the prior", path)
 
 
 def _normal_icdf(u: Tensor) -> Tensor:

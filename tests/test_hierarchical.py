@@ -246,7 +246,18 @@ def test_the_example_config_trains_and_evaluates_from_the_cli(tmp_path, capsys):
     assert res["diagnostics"]["units_by_site"] == {"z1": 100, "z2": 50}
     run = pvae.load_run(out)
     assert isinstance(run.vae, pvae.HierarchicalVAE)
-    assert main(["sample", str(out), "--out", str(tmp_path / "s.png")]) == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "config.toml",
+        "curves.png",
+        "metrics.json",
+        "reconstructions.png",
+        "samples.png",
+    ]
+    assert main(["sample", str(out), "-n", "16", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert main(["plot", str(out), "--what", "recon", "--device", "cpu"]) == 0
+    assert main(["plot", str(out), "--what", "manifold", "--device", "cpu"]) == 2
     assert "one-layer pvae.VAE" in capsys.readouterr().err
 
 

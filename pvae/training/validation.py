@@ -113,12 +113,13 @@ def curve_points(
 def write_figures(
     module: nn.Module, run_path: Path, history: list[dict[str, float]], shown: Tensor
 ) -> None:
-    """``curves.png`` always; ``reconstructions.png`` and ``samples.png`` for a module that
-    encodes, decodes and has a prior over image-shaped data (a :class:`~pvae.VAE`)."""
+    """``curves.png`` always; ``reconstructions.png`` and ``samples.png`` for a module over
+    image-shaped data that can ``reconstruct(x)`` and ``sample(n, mean=True)`` (a
+    :class:`~pvae.VAE`, a :class:`~pvae.HierarchicalVAE`)."""
     from pvae import plotting
 
     images = plotting.is_image_shape(getattr(module, "data_shape", None)) and all(
-        callable(getattr(module, name, None)) for name in ("encode", "decode_mean", "prior")
+        callable(getattr(module, name, None)) for name in ("reconstruct", "sample")
     )
     if images:
         plotting.reconstructions(module, shown, path=run_path / "reconstructions.png")
