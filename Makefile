@@ -31,6 +31,7 @@ test: $(STAMP) lint
 bench: $(STAMP)  ## training step and log p(x) throughput: pvae vs Pyro vs hand-written PyTorch
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/log_px.py
+	$(BIN)/python benchmarks/two_layer_step.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
