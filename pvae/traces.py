@@ -70,8 +70,11 @@ def _data_frame(site: dict[str, Any], data_plate: str) -> Any:
 
 def inspect_pair(program: Program, args: tuple, kwargs: Mapping[str, Any]) -> tuple[int, Any, Any]:
     """Run the pair once without particles: the plates nested at most (Pyro's
-    ``max_plate_nesting``), and the model and guide traces."""
-    with poutine.block(), torch.no_grad():
+    ``max_plate_nesting``), and the model and guide traces. The random state is left as it was,
+    so checking a pair does not shift the draws of what follows."""
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    devices = [first.device] if first is not None and first.device.type == "cuda" else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):
         guide_trace = poutine.trace(program.guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(program.model, trace=guide_trace)).get_trace(
             *args, **kwargs
