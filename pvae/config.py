@@ -182,6 +182,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    labels: bool | None = field(default=None, metadata=_OPTIONAL)
 
 
 @dataclass
@@ -286,6 +287,8 @@ class Config:
             positive_float("train.clip_norm", t.clip_norm)
         positive_float("train.beta", t.beta, allow_zero=True)
         positive_float("train.free_bits", t.free_bits, allow_zero=True)
+        if t.labels is not None and not isinstance(t.labels, bool):
+            raise TypeError(f"train.labels must be true or false, got {t.labels!r}")
         if (
             isinstance(t.warmup_steps, bool)
             or not isinstance(t.warmup_steps, int)

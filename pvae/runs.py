@@ -74,6 +74,7 @@ def train_from_config(
         seed=t.seed,
         device=t.device,
         progress=t.progress,
+        labels=bool(t.labels),
         eval_batch_size=cfg.eval.batch_size,
         curve_ks=cfg.eval.curve_ks,
         curve_every=cfg.eval.curve_every,

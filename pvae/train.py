@@ -45,6 +45,7 @@ from pvae.training.step import (
     StepOptions,
     TrainStep,
     check_mean_field,
+    check_takes_labels,
     kl_weight,
     notice_monte_carlo_kl,
     run_epoch,
@@ -113,6 +114,7 @@ def fit(
     curve_subset: int = 256,
     config: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    labels: bool = False,
 ) -> FitResult:
     """Train ``vae`` on ``data`` by stochastic variational inference.
 
@@ -163,6 +165,10 @@ def fit(
         curve_subset: Validation datapoints used for them.
         config: The run's configuration, stored in the checkpoint and as ``config.toml``.
         on_epoch: Called with each epoch's record.
+        labels: Pass each minibatch's labels to ``model`` and ``guide`` as the keyword
+            argument ``y`` (a conditional model, e.g. a conditional VAE on digit classes);
+            validation passes the validation labels. Needs data with labels and a model and
+            guide that take ``y``.
 
     Returns:
         A :class:`FitResult`.
@@ -219,8 +225,12 @@ def fit(
     pyro.set_rng_seed(seed)
     train, val = prepare(module, train, val, dev)
     notice_monte_carlo_kl(module, step_options.elbo, train.x[:2])
-    check_mean_field(module, step_options.elbo, train.x[:2])
-    step = TrainStep(module, step_options, dev, d, seed, quiet=not main)
+    if labels:
+        check_takes_labels(module, train.y)
+        if val is not None and val.y is None:
+            raise ValueError("labels=True needs labels in the validation split too")
+    check_mean_field(module, step_options.elbo, train.x[:2], {"y": train.y[:2]} if labels else {})
+    step = TrainStep(module, step_options, dev, d, seed, not main, train.y if labels else None)
     checkpoints = Checkpointer(run_path, module, step.optimizer, train.data_shape, d)
     state = checkpoints.restore(dev) if resume else TrainState()
     state.config = config if config is not None else state.config
@@ -237,7 +247,7 @@ def fit(
                 elbo = run_epoch(step, train, batch_size, seed, epoch, d, report.step, run_path)
                 record = {"epoch": epoch, "step": step.steps, "train_elbo": elbo}
                 if val is not None:
-                    record.update(validate(module, val, val_options, epoch, d))
+                    record.update(validate(module, val, val_options, epoch, d, labels))
                 state.epoch, state.step = epoch, step.steps
                 state.history.append(record)
                 checkpoints.save(state)

@@ -200,3 +200,64 @@ def test_what_fit_cannot_train_is_refused_by_name(module, err, match, tmp_path):
     with pytest.raises(err, match=match):
         fit_quietly(module, toy_data(), run_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+class CVAE(nn.Module):
+    """A conditional VAE on the digit classes (Sohn et al. 2015), in plain Pyro: z ~ N(0, I),
+    x | z, y ~ Bernoulli(f(z, y)), q(z | x, y)."""
+
+    def __init__(self, z_dim=4, pixels=64, classes=10):
+        super().__init__()
+        self.z_dim, self.classes = z_dim, classes
+        self.enc = nn.Sequential(
+            nn.Linear(pixels + classes, 64), nn.Tanh(), nn.Linear(64, 2 * z_dim)
+        )
+        self.dec = nn.Sequential(nn.Linear(z_dim + classes, 64), nn.Tanh(), nn.Linear(64, pixels))
+
+    def model(self, x, y):
+        onehot = F.one_hot(y.long(), self.classes).to(x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
+            h = torch.cat([z, onehot.expand(*z.shape[:-1], -1)], -1)
+            pyro.sample("x", dist.Bernoulli(logits=self.dec(h)).to_event(1), obs=x.flatten(1))
+
+    def guide(self, x, y):
+        onehot = F.one_hot(y.long(), self.classes).to(x.dtype)
+        loc, raw = self.enc(torch.cat([x.flatten(1), onehot], -1)).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-3).to_event(1))
+
+
+def test_labels_train_a_conditional_vae_and_reach_validation_and_estimators(digits):
+    torch.manual_seed(0)
+    m = CVAE()
+    res = pvae.fit(
+        m,
+        digits,
+        labels=True,
+        objective="iwae",
+        num_particles=3,
+        epochs=6,
+        batch_size=64,
+        curve_ks=(2, 10),
+        curve_every=3,
+        progress=False,
+        device="cpu",
+    )
+    first, last = res.history[0]["val_elbo"], res.history[-1]["val_elbo"]
+    assert last > first + 5, (first, last)
+    assert "val_log_px" in res.history[-1]
+    x, y = digits.test.observed(), digits.test.y
+    right = pvae.log_px(m, x, k=100, kwargs={"y": y}, seed=0)
+    # The labels matter: conditioning on wrong classes must cost likelihood.
+    wrong = pvae.log_px(m, x, k=100, kwargs={"y": (y + 1) % 10}, seed=0)
+    diff = right.log_px - wrong.log_px
+    assert float(diff.mean()) > 4 * float(diff.std() / len(diff) ** 0.5)
+
+
+def test_labels_are_refused_where_they_would_be_ignored_or_missing(digits):
+    vae = pvae.VAE(pvae.priors.StandardNormal(2))
+    with pytest.raises(ValueError, match="VAE.model takes no argument y"):
+        pvae.fit(vae, digits, labels=True, epochs=1, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="labels=True needs data with labels"):
+        pvae.fit(CVAE(), digits.train.x, labels=True, epochs=1, progress=False, device="cpu")

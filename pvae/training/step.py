@@ -19,10 +19,12 @@ part (see :func:`fit_context`). β, warm-up and free bits are attributes of a
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyro
 import pyro.optim.clipped_adam
@@ -47,6 +49,7 @@ __all__ = [
     "StepOptions",
     "TrainStep",
     "check_mean_field",
+    "check_takes_labels",
     "epoch_generator",
     "fit_context",
     "kl_weight",
@@ -149,15 +152,23 @@ def make_optimizer(
     return lookup("optimizer", OPTIMIZERS, name)(params, lr, clip_norm)
 
 
-def make_loss(module: nn.Module, opts: StepOptions, quiet: bool = False) -> LossFn:
+def make_loss(
+    module: nn.Module, opts: StepOptions, quiet: bool = False, labels: Tensor | None = None
+) -> LossFn:
     """The per-datapoint loss of ``module`` (see the module docstring).
 
     Args:
         module: A :class:`~pvae.VAE` or any module with ``model(x)``/``guide(x)``.
         opts: The objective and whether to try the fused fast path.
         quiet: Do not print the notice that a VAE subclass trains through Pyro.
+        labels: The training split's labels: model and guide then get the minibatch's as the
+            keyword argument ``y`` (a conditional model, :func:`check_takes_labels`).
     """
     elbo = opts.elbo
+    if labels is not None:
+        return lambda x, idx, n: (
+            elbo.differentiable_loss(module.model, module.guide, x, y=labels[idx]) / x.shape[0]
+        )
     if not isinstance(module, VAE):
         return lambda x, idx, n: (
             elbo.differentiable_loss(module.model, module.guide, x) / x.shape[0]
@@ -197,14 +208,31 @@ def notice_monte_carlo_kl(module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor) -
             )
 
 
-def check_mean_field(module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor) -> None:
+def check_takes_labels(module: nn.Module, labels: Tensor | None) -> None:
+    """``labels=True`` passes ``y`` to model and guide: refuse it for data without labels and
+    for a module whose ``model`` or ``guide`` has no parameter ``y`` (it would be ignored)."""
+    if labels is None:
+        raise ValueError("labels=True needs data with labels (a Split or DataSplits with y)")
+    for role in ("model", "guide"):
+        fn = getattr(type(module), role, None)
+        params = inspect.signature(fn).parameters if callable(fn) else {}
+        if "y" not in params:
+            raise ValueError(
+                f"labels=True passes each minibatch's labels as y=..., but "
+                f"{type(module).__name__}.{role} takes no argument y"
+            )
+
+
+def check_mean_field(
+    module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor, kwargs: Mapping[str, Any] | None = None
+) -> None:
     """Refuse ``TraceMeanField_ELBO`` for a guide that is not mean-field with respect to the
     model: its closed-form KL would then be biased (:func:`pvae.traces.closed_form_blockers`),
     and Pyro only warns."""
     if isinstance(module, VAE) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
         return
     with param_sites(False), pyro.get_param_store().scope():
-        _, model_trace, guide_trace = inspect_pair(as_program(module), (x,), {})
+        _, model_trace, guide_trace = inspect_pair(as_program(module), (x,), kwargs or {})
     bad = {n: b for n, b in closed_form_blockers(model_trace, guide_trace).items() if b}
     if bad:
         site, after = next(iter(bad.items()))
@@ -250,6 +278,7 @@ class TrainStep:
         d: The distributed job, or ``None``.
         seed: The run's seed; in a distributed job each rank then draws its own noise.
         quiet: Print no notices (ranks other than 0).
+        labels: The training labels, for a conditional model (see :func:`make_loss`).
     """
 
     def __init__(
@@ -260,11 +289,12 @@ class TrainStep:
         d: D.DistInfo | None,
         seed: int,
         quiet: bool = False,
+        labels: Tensor | None = None,
     ) -> None:
         self.module = module
         self.opts = opts
         self.steps = 0
-        self.engine: nn.Module = Objective(module, make_loss(module, opts, quiet))
+        self.engine: nn.Module = Objective(module, make_loss(module, opts, quiet, labels))
         if d is not None:
             # DDP averages gradients over ranks; each rank's loss is a per-datapoint mean over
             # its b datapoints, so the average is the gradient of the global batch of

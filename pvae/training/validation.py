@@ -62,9 +62,15 @@ class ValidationOptions:
 
 
 def validate(
-    module: nn.Module, val: Split, opts: ValidationOptions, epoch: int, d: D.DistInfo | None
+    module: nn.Module,
+    val: Split,
+    opts: ValidationOptions,
+    epoch: int,
+    d: D.DistInfo | None,
+    labels: bool = False,
 ) -> dict[str, float]:
-    """The validation part of epoch ``epoch``'s record (nats per datapoint).
+    """The validation part of epoch ``epoch``'s record (nats per datapoint); with ``labels``
+    the model and guide get the validation labels as ``y``.
 
     Returns:
         ``val_elbo``, ``val_elbo_se``, ``val_recon``, ``val_kl``; on the curve schedule also
@@ -72,8 +78,9 @@ def validate(
     """
     module.eval()
     x = val.observed()
+    y = val.y if labels else None
     with fit_context():
-        s = validation_elbo(module, x, opts.batch_size, d)
+        s = validation_elbo(module, x, opts.batch_size, d, y)
         record = {
             "val_elbo": s["elbo"],
             "val_elbo_se": s["elbo_se"],
@@ -81,30 +88,48 @@ def validate(
             "val_kl": s["kl"],
         }
         if opts.curves_at(epoch):
-            record.update(curve_points(module, x[: opts.curve_subset], opts.curve_ks, d))
+            sub = slice(0, opts.curve_subset)
+            ys = None if y is None else y[sub]
+            record.update(curve_points(module, x[sub], opts.curve_ks, d, ys))
     return record
 
 
 def validation_elbo(
-    module: nn.Module, x: Tensor, batch_size: int, d: D.DistInfo | None
+    module: nn.Module,
+    x: Tensor,
+    batch_size: int,
+    d: D.DistInfo | None,
+    y: Tensor | None = None,
 ) -> dict[str, float]:
-    """:meth:`ElboEstimate.summary` of ``x``; in a distributed job each rank evaluates a
-    contiguous shard and the per-datapoint values are gathered on every rank."""
+    """:meth:`ElboEstimate.summary` of ``x`` (labels ``y`` passed on, if given); in a
+    distributed job each rank evaluates a contiguous shard and the per-datapoint values are
+    gathered on every rank."""
     if d is None:
-        return evaluate_elbo(module, x, batch_size=batch_size).summary()
+        kw = None if y is None else {"y": y}
+        return evaluate_elbo(module, x, batch_size=batch_size, kwargs=kw).summary()
     part = x.tensor_split(d.world_size)[d.rank]  # may be empty when N < world size
-    e = evaluate_elbo(module, part if part.shape[0] else x[:1], batch_size=batch_size)
-    mine = torch.stack([e.elbo, e.recon, e.kl])[:, : part.shape[0]]
+    ypart = None if y is None else y.tensor_split(d.world_size)[d.rank]
+    mine_n = part.shape[0]
+    if not mine_n:
+        part, ypart = x[:1], None if y is None else y[:1]
+    kw = None if ypart is None else {"y": ypart}
+    e = evaluate_elbo(module, part, batch_size=batch_size, kwargs=kw)
+    mine = torch.stack([e.elbo, e.recon, e.kl])[:, :mine_n]
     every = torch.cat(D.gather_blocks({d.rank: mine}, d.world_size), dim=1)
     nan = torch.full_like(every[0], math.nan)
     return ElboEstimate(every[0], every[1], every[2], e.analytic_kl, e.num_dims, nan).summary()
 
 
 def curve_points(
-    module: nn.Module, x: Tensor, ks: Sequence[int], d: D.DistInfo | None
+    module: nn.Module,
+    x: Tensor,
+    ks: Sequence[int],
+    d: D.DistInfo | None,
+    y: Tensor | None = None,
 ) -> dict[str, float]:
     """IWAE_k of ``x`` for each k (``val_iwae_<k>``) and the largest-k one as ``val_log_px``."""
-    ladder = bounds(module, x, ks=ks, distributed=d is not None)
+    kw = None if y is None else {"y": y}
+    ladder = bounds(module, x, ks=ks, kwargs=kw, distributed=d is not None)
     points = {f"val_iwae_{k}": rung["mean"] for k, rung in ladder.iwae.items()}
     points["val_log_px"] = ladder.iwae[max(ladder.iwae)]["mean"]
     return points
