@@ -121,13 +121,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def per_step(device: torch.device, batch: int, steps: int, repeats: int) -> dict[str, float]:
-    x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
-    idx = torch.arange(batch, device=device)
-    impls = {
-        name: make(device, 60_000)[0]
-        for name, make in (("hand", hand_step), ("pvae", pvae_step), ("pyro", pyro_step))
-    }
+def time_interleaved(
+    impls: dict, x: torch.Tensor, idx: torch.Tensor, steps: int, repeats: int
+) -> dict[str, float]:
+    """Median seconds per step of each implementation, timed in interleaved repeats (so a
+    slow spell of the machine hits all of them) after 5 warm-up steps each."""
+    device = x.device
     times: dict[str, list[float]] = {k: [] for k in impls}
     for step in impls.values():  # warm-up
         for _ in range(5):
@@ -141,6 +140,16 @@ def per_step(device: torch.device, batch: int, steps: int, repeats: int) -> dict
             sync(device)
             times[name].append((time.perf_counter() - t0) / steps)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def per_step(device: torch.device, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
+    idx = torch.arange(batch, device=device)
+    impls = {
+        name: make(device, 60_000)[0]
+        for name, make in (("hand", hand_step), ("pvae", pvae_step), ("pyro", pyro_step))
+    }
+    return time_interleaved(impls, x, idx, steps, repeats)
 
 
 def epoch_times(device: torch.device) -> dict[str, float]:

@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import statistics
-import time
 
 import pyro
 import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
+from train_step import time_interleaved, update  # same timing and optimizer step
 
 import pvae
 from pvae.training.step import StepOptions, fit_context, make_loss, make_optimizer
@@ -80,13 +79,6 @@ def hand_nets(m: pvae.HierarchicalVAE) -> dict[str, torch.nn.Module]:
     )
 
 
-def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
 def steps(device: torch.device) -> dict:
     m = build(device)
     nets = hand_nets(m)
@@ -122,28 +114,10 @@ def check_equal(device: torch.device) -> float:
     return abs(a - b)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def per_step(device: torch.device, batch: int, n: int, repeats: int) -> dict[str, float]:
     x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
     idx = torch.arange(batch, device=device)
-    impls = steps(device)
-    times: dict[str, list[float]] = {k: [] for k in impls}
-    for step in impls.values():  # warm-up
-        for _ in range(5):
-            step(x, idx)
-    for _ in range(repeats):
-        for name, step in impls.items():
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                step(x, idx)
-            sync(device)
-            times[name].append((time.perf_counter() - t0) / n)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return time_interleaved(steps(device), x, idx, n, repeats)
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ References:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -188,13 +187,6 @@ class HierarchicalVAE(PyroProgram):
         return tuple(f"z{i}" for i in range(1, self.num_layers + 1))
 
     @property
-    def device(self) -> torch.device:
-        """Device of the model's parameters (CPU for a model without any)."""
-        for t in itertools.chain(self.parameters(), self.buffers()):
-            return t.device
-        return torch.device("cpu")
-
-    @property
     def is_built(self) -> bool:
         return (
             self.data_shape is not None
@@ -208,13 +200,8 @@ class HierarchicalVAE(PyroProgram):
 
         Idempotent for the same shape; raises ``ValueError`` for another one.
         """
-        shape = tuple(positive_int("data_shape entries", s) for s in data_shape)
-        if self.data_shape is not None:
-            if shape != self.data_shape:
-                raise ValueError(
-                    f"data shape {shape} does not match the shape this HierarchicalVAE was built "
-                    f"for, {self.data_shape}"
-                )
+        shape = self._fix_data_shape(data_shape)
+        if shape is None:
             return self
         self.data_shape = shape
         self.likelihood.build(shape)

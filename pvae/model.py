@@ -12,7 +12,6 @@ so the minibatch loss is an unbiased estimate of the full-data ELBO.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,13 +117,6 @@ class VAE(PyroProgram):
         return int(self.prior.latent_dim)
 
     @property
-    def device(self) -> torch.device:
-        """Device of the model's parameters (CPU for a model without any)."""
-        for t in itertools.chain(self.parameters(), self.buffers()):
-            return t.device
-        return torch.device("cpu")
-
-    @property
     def is_built(self) -> bool:
         return self.data_shape is not None and self.encoder is not None and self.decoder is not None
 
@@ -133,13 +125,8 @@ class VAE(PyroProgram):
 
         Idempotent for the same shape; raises ``ValueError`` for another one.
         """
-        shape = tuple(positive_int("data_shape entries", s) for s in data_shape)
-        if self.data_shape is not None:
-            if shape != self.data_shape:
-                raise ValueError(
-                    f"data shape {shape} does not match the shape this VAE was built for, "
-                    f"{self.data_shape}"
-                )
+        shape = self._fix_data_shape(data_shape)
+        if shape is None:
             return self
         self.data_shape = shape
         self.likelihood.build(shape)

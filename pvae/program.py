@@ -29,14 +29,17 @@ import contextlib
 import contextvars
 import inspect
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyro
+import torch
 from pyro.nn import PyroModule
 from pyro.poutine.runtime import am_i_wrapped
 from torch import nn
+
+from pvae._checks import positive_int
 
 __all__ = ["Program", "PyroProgram", "as_program", "owner_of", "param_sites"]
 
@@ -112,6 +115,25 @@ class PyroProgram(PyroModule):
         super().__init__()
         self.pyro_name = name or f"{type(self).__name__}_{next(_COUNTER)}"
 
+    @property
+    def device(self) -> torch.device:
+        """Device of the program's parameters (CPU for one without any)."""
+        return module_device(self)
+
+    def _fix_data_shape(self, data_shape: Sequence[int]) -> tuple[int, ...] | None:
+        """For ``build``: the checked shape when it is new, ``None`` when the program was built
+        for it already; ``ValueError`` for another shape."""
+        shape = tuple(positive_int("data_shape entries", s) for s in data_shape)
+        built = getattr(self, "data_shape", None)
+        if built is None:
+            return shape
+        if shape != built:
+            raise ValueError(
+                f"data shape {shape} does not match the shape this {type(self).__name__} was "
+                f"built for, {built}"
+            )
+        return None
+
     def register_param_sites(self) -> None:
         """Announce every trainable parameter as a ``pyro.param`` site of this instance."""
         store = pyro.get_param_store()
@@ -140,13 +162,15 @@ class Program:
     owner: nn.Module | None
 
     @property
-    def device(self) -> Any:
-        import torch
+    def device(self) -> torch.device:
+        return module_device(self.owner) if self.owner is not None else torch.device("cpu")
 
-        if self.owner is not None:
-            for t in itertools.chain(self.owner.parameters(), self.owner.buffers()):
-                return t.device
-        return torch.device("cpu")
+
+def module_device(module: nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for a module without any)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def owner_of(fn: Any) -> nn.Module | None:
