@@ -106,7 +106,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         **est.summary(),
     }
     if k > 0:
-        est = log_px(run.vae, x, k=k, seed=args.seed, distributed=distributed.info() is not None)
+        est = log_px(
+            run.vae,
+            x,
+            k=k,
+            seed=args.seed,
+            distributed=distributed.info() is not None,
+            max_k=args.max_k,
+            target_se=args.target_se,
+        )
         lp = est.summary()
         out.update(
             {k if k.startswith("log_px") else f"log_px_{k}": v for k, v in lp.items() if k != "n"}
@@ -146,6 +154,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"  log p(x)      {out['log_px']:12.4f} nats (± {out['log_px_se']:.4f} Monte Carlo "
             f"s.e.; k={k}, mean ESS {out['log_px_ess_mean']:.0f}, max k̂ {khat})"
         )
+        if est.adaptive is not None:
+            print(f"  {est.adaptive}")
+        if out.get("log_px_warning"):
+            print(f"  WARNING: {out['log_px_warning']}")
     return 0
 
 
@@ -281,6 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="importance samples for log p(x) (default eval.k; 0 skips it)",
+    )
+    e.add_argument(
+        "--max-k",
+        type=int,
+        default=None,
+        help="adaptive log p(x): double the draws of datapoints with k̂ ≥ 0.7 (or s.e. above "
+        "--target-se) up to this many",
+    )
+    e.add_argument(
+        "--target-se",
+        type=float,
+        default=None,
+        help="adaptive log p(x): also draw until each datapoint's s.e. is at most this (nats)",
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)

@@ -1,3 +1,4 @@
+import importlib
 import json
 import math
 import subprocess
@@ -47,6 +48,38 @@ def test_evaluate_reports_log_px_next_to_the_elbo(run_dir, capsys):
     assert "max k̂ n/a" in capsys.readouterr().out
     assert main(["evaluate", str(run_dir), "--k", "-1"]) == 2
     assert "--k must be a positive integer" in capsys.readouterr().err
+
+
+def test_evaluate_adaptive_mode_reports_what_it_did(run_dir, capsys):
+    capsys.readouterr()
+    args = ["evaluate", str(run_dir), "--k", "20", "--max-k", "80", "--device", "cpu"]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rep = out["log_px_adaptive"]
+    assert rep["max_k"] == 80 and 20 <= rep["k_mean"] <= 80 and rep["rounds"] >= 1
+    assert rep["n_settled"] + rep["n_capped"] == out["n"]
+    assert main(args) == 0
+    assert f"{rep['n_settled']}/{out['n']} datapoints reached k̂ < 0.7" in capsys.readouterr().out
+    assert main([*args[:-2], "--max-k", "10", "--device", "cpu"]) == 2
+    assert "max_k must be at least k=20" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threshold,warned", [(-1.0, True), (1.0, False)])
+def test_evaluate_says_when_the_log_px_se_is_unreliable(
+    run_dir, capsys, monkeypatch, threshold, warned
+):
+    # The warning rule is k̂'s (tested on exact answers in test_log_px); here: where it shows.
+    module = importlib.import_module("pvae.evaluation.log_px")  # the module, not the function
+    monkeypatch.setattr(module, "KHAT_WARN_FRACTION", threshold)
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--k", "50", "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["log_px_warning"] is not None) == warned
+    assert main(["evaluate", str(run_dir), "--k", "50", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert ("WARNING: PSIS k̂ ≥ 0.7" in text) == warned
+    assert main(["bounds", str(run_dir), "--k", "1", "50", "--device", "cpu"]) == 0
+    assert ("WARNING (IWAE k=50)" in capsys.readouterr().out) == warned
 
 
 def test_bounds_prints_the_ladder_and_a_plot(run_dir, tmp_path, capsys):

@@ -86,6 +86,71 @@ def test_pareto_khat_flags_a_mismatched_guide(x):
     assert bad.summary()["khat_frac_above_0.7"] == 1.0
 
 
+def test_a_number_with_untrustworthy_weights_carries_its_warning(x):
+    good = pvae.log_px(MODEL.vae(scale_factor=1.2), x[:5], k=2000)
+    bad = pvae.log_px(MODEL.vae(loc_shift=2.0, scale_factor=0.3), x[:5], k=2000)
+    assert good.warning is None and good.summary()["warning"] is None
+    assert "WARNING" not in str(good) and "WARNING" not in repr(good)
+    assert bad.unreliable_fraction == 1.0
+    for text in (bad.warning, bad.summary()["warning"]):
+        assert "100% of datapoints" in text and "unreliable" in text and "AIS" in text
+    # Where a user looks at the number: print(est), the notebook's repr.
+    for shown in (str(bad), repr(bad)):
+        first, warning = shown.split("\n")
+        assert f"{float(bad.log_px.mean()):.4f}" in first and warning.startswith("WARNING: PSIS")
+    # No k̂ (k < 10 or khat=False): no warning either way.
+    assert pvae.log_px(MODEL.vae(loc_shift=2.0), x[:5], k=5).warning is None
+
+
+def test_adaptive_mode_draws_until_each_datapoint_meets_the_se_target(x):
+    # An over-dispersed guide: k̂ < 0.5 everywhere, so the s.e. target alone decides the draws.
+    exact = MODEL.log_px(x)
+    est = pvae.log_px(MODEL.vae(scale_factor=1.2), x, k=100, seed=0, max_k=6400, target_se=0.01)
+    rep = est.adaptive
+    assert bool(rep.settled.all()) and float(est.se.max()) <= 0.01
+    assert set(rep.k_used.tolist()) <= {100 * 2**j for j in range(7)}
+    assert int(rep.k_used.max()) > 100 and rep.rounds > 1
+    # Draws pooled over rounds are one importance sample: each datapoint within 4.5 of its
+    # s.e. of the exact value (bias ~ se²/2 is negligible at se ≤ 0.01; 20 points, two-sided).
+    assert float(((est.log_px - exact) / est.se).abs().max()) < 4.5
+    assert "20/20 datapoints reached k̂ < 0.7 and s.e. ≤ 0.01" in str(est)
+    assert est.summary()["adaptive"]["n_capped"] == 0
+
+
+def test_adaptive_mode_reports_the_datapoints_that_stay_heavy_tailed(x):
+    # k̂ is a property of the guide: more draws sharpen its estimate but cannot lower it, so
+    # under a shifted, too narrow guide the datapoints run to the cap, and the report says so.
+    est = pvae.log_px(MODEL.vae(loc_shift=1.0, scale_factor=0.5), x, k=100, seed=0, max_k=1600)
+    rep = est.adaptive
+    capped = ~rep.settled
+    assert int(capped.sum()) >= 15 and bool((rep.k_used[capped] == 1600).all())
+    assert f"{int(capped.sum())} stopped unsettled at the cap k = 1600" in str(est)
+    assert est.warning is not None and est.summary()["adaptive"]["n_capped"] == int(capped.sum())
+    # More draws never hurt: the mean estimate moves up toward log p(x) (it is a lower bound).
+    fixed = pvae.log_px(MODEL.vae(loc_shift=1.0, scale_factor=0.5), x, k=100, seed=0)
+    assert float(est.log_px.mean()) > float(fixed.log_px.mean())
+
+
+def test_adaptive_mode_with_the_exact_posterior_stops_after_one_round(x):
+    est = pvae.log_px(MODEL.vae(), x, k=50, max_k=800)
+    assert est.adaptive.rounds == 1 and bool((est.adaptive.k_used == 50).all())
+    torch.testing.assert_close(est.log_px, MODEL.log_px(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"k": 5, "max_k": 100}, "needs k ≥ 10"),
+        ({"k": 100, "max_k": 50}, "max_k must be at least k=100"),
+        ({"k": 100, "target_se": -1.0}, "target_se must be a positive number"),
+        ({"k": 100, "max_k": 200, "khat": False}, "needs khat=True"),
+    ],
+)
+def test_adaptive_mode_rejects_what_it_cannot_do(x, kw, message):
+    with pytest.raises(ValueError, match=message):
+        pvae.log_px(MODEL.vae(), x, **kw)
+
+
 def test_stable_for_log_weights_far_below_minus_ten_thousand():
     far = MODEL.sample(3) + 150.0  # ~ -4e4 nats under the model
     exact = MODEL.log_px(far)

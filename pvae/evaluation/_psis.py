@@ -6,9 +6,10 @@ import warnings
 
 import numpy as np
 
-__all__ = ["MIN_DRAWS", "pareto_khat"]
+__all__ = ["KHAT_LIMIT", "MIN_DRAWS", "pareto_khat"]
 
 MIN_DRAWS = 10
+KHAT_LIMIT = 0.7  # k̂ at or above it: the weights' tails are too heavy to trust the s.e.
 
 
 def pareto_khat(log_weights: np.ndarray) -> np.ndarray:

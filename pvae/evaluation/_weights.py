@@ -6,6 +6,7 @@ blocks of datapoints and chunks of draws under a memory budget."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -78,6 +79,15 @@ class Target:
             key: v[start:stop] if isinstance(v, Tensor) and v.dim() and v.shape[0] == n else v
             for key, v in self.kwargs.items()
         }
+
+    def subset(self, idx: Tensor) -> Target:
+        """The same problem on datapoints ``idx`` (per-datapoint keyword arguments follow)."""
+        n = self.x.shape[0]
+        kwargs = {
+            key: v[idx.to(v.device)] if isinstance(v, Tensor) and v.dim() and v.shape[0] == n else v
+            for key, v in self.kwargs.items()
+        }
+        return dataclasses.replace(self, x=self.x[idx], kwargs=kwargs)
 
 
 def split_call(model: Any, x_or_guide: Any, x: Any) -> tuple[Program, Any]:

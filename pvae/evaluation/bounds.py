@@ -88,6 +88,8 @@ class BoundLadder:
         ]
         lines = [f"{'bound':<22}{'nats':>12}{'± se':>10}   (n = {self.n})"]
         lines += [f"{name:<22}{v['mean']:>12.4f}{v['se']:>10.4f}" for name, v in rows]
+        if self.log_px.get("warning"):
+            lines.append(f"WARNING (IWAE k={max(self.iwae)}): {self.log_px['warning']}")
         return "\n".join(lines)
 
     def plot(self, path: str | Path | None = None) -> Any:

@@ -35,13 +35,17 @@ import torch
 from torch import Tensor
 
 from pvae.distributed import gather_blocks
-from pvae.evaluation._psis import pareto_khat
+from pvae.evaluation._psis import KHAT_LIMIT, pareto_khat
 from pvae.evaluation._weights import DEFAULT_BUDGET, blocks, check_k, plan, resolve
+from pvae.evaluation.adaptive import AdaptiveReport, adaptive_weights
 
-__all__ = ["DEFAULT_BUDGET", "LogPxEstimate", "log_px"]
+__all__ = ["DEFAULT_BUDGET", "KHAT_LIMIT", "KHAT_WARN_FRACTION", "LogPxEstimate", "log_px"]
+
+# More than this fraction of datapoints at or above the limit: the reported s.e. is unreliable.
+KHAT_WARN_FRACTION = 0.05
 
 
-@dataclass
+@dataclass(repr=False)
 class LogPxEstimate:
     """Per-datapoint importance-weighted log p(x) (tensors of shape ``(N,)``, nats, float64).
 
@@ -50,8 +54,9 @@ class LogPxEstimate:
         se: Monte Carlo standard error of ``log_px`` (NaN for k = 1).
         ess: Effective sample size of the weights, in [1, k].
         khat: PSIS Pareto k̂ of the weights (NaN when not computed).
-        k: Number of importance samples.
+        k: Number of importance samples (the starting number in the adaptive mode).
         num_dims: Data dimensions, for bits per dimension.
+        adaptive: What the adaptive mode did (draws per datapoint, which settled), or ``None``.
     """
 
     log_px: Tensor
@@ -60,6 +65,42 @@ class LogPxEstimate:
     khat: Tensor
     k: int
     num_dims: int
+    adaptive: AdaptiveReport | None = None
+
+    @property
+    def unreliable_fraction(self) -> float | None:
+        """Fraction of datapoints whose k̂ is at least :data:`KHAT_LIMIT` (``None`` without k̂)."""
+        k = self.khat[~torch.isnan(self.khat)]
+        return float((k >= KHAT_LIMIT).double().mean()) if k.numel() else None
+
+    @property
+    def warning(self) -> str | None:
+        """What to tell a reader of the number when more than :data:`KHAT_WARN_FRACTION` of the
+        datapoints have k̂ ≥ :data:`KHAT_LIMIT` (Vehtari et al. 2024): the Monte Carlo s.e. is
+        then optimistic and the estimate may sit well below log p(x). ``None`` otherwise."""
+        frac = self.unreliable_fraction
+        if frac is None or frac <= KHAT_WARN_FRACTION:
+            return None
+        return (
+            f"PSIS k̂ ≥ {KHAT_LIMIT} for {100 * frac:.0f}% of datapoints (more than "
+            f"{100 * KHAT_WARN_FRACTION:.0f}%): the Monte Carlo s.e. of log p(x) is unreliable "
+            "(optimistic) and the estimate may be biased low; draw more where needed (the "
+            "adaptive mode, max_k=…), train a better guide (IWAE, a flow) or check against AIS"
+        )
+
+    def __str__(self) -> str:
+        s = self.summary()
+        se = "n/a" if s["log_px_se"] is None else f"{s['log_px_se']:.4f}"
+        line = (
+            f"log p(x) = {s['log_px']:.4f} ± {se} nats (Monte Carlo s.e. of the mean over "
+            f"n={s['n']} datapoints, k={self.k}; {s['bits_per_dim']:.4f} bits/dim)"
+        )
+        if self.adaptive is not None:
+            line += f"\n{self.adaptive}"
+        return line + (f"\nWARNING: {s['warning']}" if s["warning"] else "")
+
+    def __repr__(self) -> str:
+        return f"<LogPxEstimate {self}>"
 
     @property
     def bits_per_dim(self) -> Tensor:
@@ -81,15 +122,29 @@ class LogPxEstimate:
             "ess_mean": float(self.ess.mean()),
             "ess_min": float(self.ess.min()),
             "khat_max": float(k.max()) if k.numel() and bool(torch.isfinite(k.max())) else None,
-            "khat_frac_above_0.7": float((k >= 0.7).double().mean()) if k.numel() else None,
+            "khat_frac_above_0.7": float((k >= KHAT_LIMIT).double().mean()) if k.numel() else None,
+            "warning": self.warning,
+            "adaptive": self.adaptive.summary() if self.adaptive is not None else None,
         }
 
 
-def _finish(lse: Tensor, lse2: Tensor, khat: Tensor, k: int, num_dims: int) -> LogPxEstimate:
-    ess = torch.exp(2 * lse - lse2).clamp(1.0, float(k))
-    se = ((k / ess - 1).clamp_min(0) / (k - 1)).sqrt() if k > 1 else torch.full_like(lse, math.nan)
+def _finish(
+    lse: Tensor,
+    lse2: Tensor,
+    khat: Tensor,
+    k: int,
+    num_dims: int,
+    k_used: Tensor | None = None,
+    adaptive: AdaptiveReport | None = None,
+) -> LogPxEstimate:
+    """The estimate from log Σw and log Σw² over ``k`` draws (``k_used`` per datapoint when
+    the adaptive mode drew different numbers)."""
+    kk = k_used.to(lse) if k_used is not None else torch.full_like(lse, float(k))
+    ess = torch.minimum(torch.exp(2 * lse - lse2).clamp_min(1.0), kk)
+    se = ((kk / ess - 1).clamp_min(0) / (kk - 1)).sqrt()
+    se = torch.where(kk > 1, se, torch.full_like(se, math.nan))
     return LogPxEstimate(
-        (lse - math.log(k)).cpu(), se.cpu(), ess.cpu(), khat.to(lse).cpu(), k, num_dims
+        (lse - kk.log()).cpu(), se.cpu(), ess.cpu(), khat.to(lse).cpu(), k, num_dims, adaptive
     )
 
 
@@ -107,6 +162,8 @@ def log_px(
     seed: int | None = None,
     distributed: bool = False,
     fast: bool = True,
+    max_k: int | None = None,
+    target_se: float | None = None,
 ) -> LogPxEstimate:
     """Estimate log p(x) for every datapoint in ``x`` by importance sampling from the guide.
 
@@ -134,6 +191,12 @@ def log_px(
             gather every datapoint's result on every rank (same numbers as one process with the
             same ``seed``).
         fast: Use the fused fast path where it applies (a standard :class:`~pvae.VAE`).
+        max_k: Opt into the adaptive mode (:mod:`pvae.evaluation.adaptive`): datapoints whose
+            k̂ is ≥ 0.7 (or whose s.e. is above ``target_se``) after k draws get more, doubling
+            up to ``max_k`` per datapoint; ``est.adaptive`` reports what was done. Default
+            64 × k when only ``target_se`` is given.
+        target_se: With the adaptive mode, also draw until each datapoint's s.e. is at most
+            this many nats.
 
     Returns:
         A :class:`LogPxEstimate`.
@@ -153,6 +216,16 @@ def log_px(
     """
     k = check_k(k)
     target = resolve(model, x_or_guide, x, kwargs, fast=fast)
+    if max_k is not None or target_se is not None:
+        if distributed or not khat:
+            raise ValueError(
+                "the adaptive mode (max_k / target_se) needs khat=True and runs in one process "
+                f"(got khat={khat}, distributed={distributed})"
+            )
+        lse, lse2, kh, k_used, report = adaptive_weights(
+            target, k, 64 * k if max_k is None else max_k, target_se, memory_budget, dtype, seed
+        )
+        return _finish(lse, lse2, kh, k, target.num_dims, k_used, report)
     block, chunk = plan(target, k, memory_budget, dtype, keep=khat)
     parts: dict[int, Tensor] = {}
     for i, lse, lse2, kept in blocks(target, k, block, chunk, dtype, khat, seed, distributed):

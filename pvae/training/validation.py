@@ -132,6 +132,9 @@ def curve_points(
     ladder = bounds(module, x, ks=ks, kwargs=kw, distributed=d is not None)
     points = {f"val_iwae_{k}": rung["mean"] for k, rung in ladder.iwae.items()}
     points["val_log_px"] = ladder.iwae[max(ladder.iwae)]["mean"]
+    frac = ladder.log_px.get("khat_frac_above_0.7")
+    if frac is not None:  # k̂ needs k ≥ 10: how far val_log_px can be trusted
+        points["val_log_px_khat_frac"] = frac
     return points
 
 
