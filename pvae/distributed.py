@@ -10,7 +10,9 @@ gathers exact per-datapoint results.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -18,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistInfo", "gather_blocks", "info", "init", "shard"]
+__all__ = ["DistInfo", "gather_blocks", "info", "init", "shard", "shutdown"]
 
 DEFAULT_TIMEOUT_S = 300
 
@@ -67,6 +69,29 @@ def init(backend: str | None = None, timeout_s: float | None = None) -> DistInfo
         )
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=t))
     return info()
+
+
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group torchrun set up (no-op outside one).
+
+    Args:
+        clean: The job ended normally on this rank. Every rank then meets the others at a
+            barrier before any of them tears its connections down, so no rank's transport
+            threads see a peer vanish mid-exchange. After a failure the barrier is skipped (a
+            peer may be gone or stuck), and the group is destroyed at once.
+
+    Objects still holding the group (a ``DistributedDataParallel`` wrapper in a reference
+    cycle, say) are collected first, while the interpreter is whole: a group torn down by
+    interpreter finalization instead can abort the process on exit.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    if clean and dist.get_world_size() > 1:
+        # A peer that failed has its own error to report; this rank's work is done either way.
+        with contextlib.suppress(RuntimeError):  # DistBackendError is one
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def shard(order: Tensor, d: DistInfo) -> Tensor:

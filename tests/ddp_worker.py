@@ -133,5 +133,4 @@ if __name__ == "__main__":
         "fail": fail,
     }
     modes[mode](out)
-    if distributed.info() is not None:
-        tdist.destroy_process_group()
+    distributed.shutdown()  # as a user's script ends: every rank done, then leave the group
