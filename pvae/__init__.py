@@ -12,12 +12,18 @@ from pvae import datasets, diagnostics, guides, likelihoods, nets, priors
 from pvae.checkpoint import CheckpointError
 from pvae.config import Config, build_vae, load_config
 from pvae.evaluation import (
+    AISEstimate,
+    BDMCResult,
     BoundLadder,
     ElboEstimate,
     LogPxEstimate,
+    ais,
+    bdmc,
     bounds,
     evaluate_elbo,
     log_px,
+    reverse_ais,
+    simulate,
 )
 from pvae.hierarchical import HierarchicalVAE
 from pvae.linear_gaussian import LinearGaussian, LinearGaussianChain
@@ -29,6 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE",
+    "AISEstimate",
+    "BDMCResult",
     "BoundLadder",
     "CheckpointError",
     "Config",
@@ -41,6 +49,8 @@ __all__ = [
     "Run",
     "TrainingDivergedError",
     "__version__",
+    "ais",
+    "bdmc",
     "bounds",
     "build_vae",
     "datasets",
@@ -55,6 +65,8 @@ __all__ = [
     "nets",
     "plotting",
     "priors",
+    "reverse_ais",
+    "simulate",
     "train_from_config",
 ]
 

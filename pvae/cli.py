@@ -7,6 +7,8 @@ Examples::
     pvae train --resume runs/a --set train.epochs=10
     pvae evaluate runs/a --split test --json          # ELBO and log p(x) (k = eval.k)
     pvae bounds runs/a --k 1 5 50 500 5000 --json     # ELBO ≤ IWAE_k ≤ log p(x) ladder
+    pvae bounds runs/a --ais-steps 500 --bdmc 100     # … with AIS and a BDMC sandwich
+    pvae ais runs/a --steps 1000 --chains 16 --subset 500 --bdmc 100
     pvae sample runs/a -n 64 --out samples.png
     pvae plot runs/a --what manifold|samples|recon|curves|kl|khat|scatter
 """
@@ -29,10 +31,11 @@ import pyro
 import torch
 
 from pvae import diagnostics, distributed
+from pvae._checks import positive_int
 from pvae.checkpoint import CheckpointError
 from pvae.config import load_config
 from pvae.datasets import DataUnavailableError
-from pvae.evaluation import bounds, evaluate_elbo, log_px
+from pvae.evaluation import ais, bdmc, bounds, evaluate_elbo, log_px
 from pvae.model import VAE
 from pvae.runs import load_run, read_run_config, train_from_config
 from pvae.train import TrainingDivergedError
@@ -197,7 +200,14 @@ def _bounds(args: argparse.Namespace) -> int:
     x = run.data.split(args.split).to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
     ladder = bounds(
-        run.vae, x, ks=args.k, seed=args.seed, distributed=distributed.info() is not None
+        run.vae,
+        x,
+        ks=args.k,
+        seed=args.seed,
+        distributed=distributed.info() is not None,
+        ais_steps=args.ais_steps,
+        ais_chains=args.ais_chains,
+        bdmc_n=args.bdmc,
     )
     if not _is_main():
         return 0
@@ -208,6 +218,36 @@ def _bounds(args: argparse.Namespace) -> int:
     else:
         print(f"{run.path}  split={args.split}")
         print(ladder.table())
+    return 0
+
+
+def _ais(args: argparse.Namespace) -> int:
+    run = load_run(args.run, device=args.device)
+    x = run.data.split(args.split).to(_device(run.vae)).observed()
+    if args.subset is not None:
+        x = x[: positive_int("--subset", args.subset)]
+    settings = {
+        "steps": args.steps,
+        "chains": args.chains,
+        "leapfrog": args.leapfrog,
+        "schedule": args.schedule,
+        "start": args.start,
+        "seed": args.seed,
+    }
+    est = ais(run.vae, x, **settings)
+    out = {"run": str(run.path), "split": args.split, "ais": est.summary(), "bdmc": None}
+    sandwich = bdmc(run.vae, n=positive_int("--bdmc", args.bdmc), **settings) if args.bdmc else None
+    if sandwich is not None:
+        out["bdmc"] = sandwich.summary()
+    if not _is_main():
+        return 0
+    if args.json:
+        print(_json(out))
+        return 0
+    print(f"{run.path}  split={args.split}")
+    print(f"  {est}")
+    if sandwich is not None:
+        print(f"  {sandwich} (data simulated from the model)")
     return 0
 
 
@@ -319,7 +359,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="PNG", help="also save the ladder plot")
     b.add_argument("--device", default="auto")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--ais-steps", type=int, default=None, help="add AIS with this many steps")
+    b.add_argument("--ais-chains", type=int, default=16, help="AIS chains per datapoint")
+    b.add_argument(
+        "--bdmc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --ais-steps: BDMC sandwich on N datapoints simulated from the model",
+    )
     b.set_defaults(func=_bounds)
+
+    a = sub.add_parser(
+        "ais",
+        help="annealed importance sampling of log p(x), and a BDMC sandwich on simulated data",
+    )
+    a.add_argument("run")
+    a.add_argument("--split", default="test", choices=("train", "val", "test"))
+    a.add_argument("--subset", type=int, default=None, help="only the first N datapoints")
+    a.add_argument("--steps", type=int, default=500, help="annealing steps (intermediate targets)")
+    a.add_argument("--chains", type=int, default=16, help="independent chains per datapoint")
+    a.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC transition")
+    a.add_argument("--schedule", default="sigmoid", choices=("sigmoid", "linear"))
+    a.add_argument("--start", default="guide", choices=("guide", "prior"))
+    a.add_argument(
+        "--bdmc", type=int, default=0, metavar="N", help="also BDMC on N simulated datapoints"
+    )
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(func=_ais)
 
     pl = sub.add_parser("plot", help="draw a figure of a trained run")
     pl.add_argument("run")
@@ -343,15 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pvae`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    clean = False
     try:
         # Under torchrun (WORLD_SIZE > 1) join the process group: DDP training, sharded
         # evaluation; a plain run is untouched.
-        if args.command in ("train", "evaluate", "bounds"):
+        if args.command in ("train", "evaluate", "bounds", "ais"):
             distributed.init()
         # model.class names a user's module: import it from here, as `python -m pvae` would.
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
-        return args.func(args)
+        status = args.func(args)
+        clean = True
+        return status
     except (ValueError, TypeError, CheckpointError, DataUnavailableError) as err:
         print(f"pvae {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -362,5 +434,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pvae {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        if distributed.info() is not None:
-            torch.distributed.destroy_process_group()
+        distributed.shutdown(clean)

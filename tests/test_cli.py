@@ -50,6 +50,26 @@ def test_evaluate_reports_log_px_next_to_the_elbo(run_dir, capsys):
     assert "--k must be a positive integer" in capsys.readouterr().err
 
 
+def test_ais_and_bdmc_from_the_shell(run_dir, capsys):
+    capsys.readouterr()
+    args = ["ais", str(run_dir), "--subset", "6", "--steps", "10", "--chains", "3", "--bdmc", "4"]
+    assert main([*args, "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ais"]["n"] == 6 and out["ais"]["steps"] == 10 and out["ais"]["chains"] == 3
+    assert out["bdmc"]["n"] == 4 and out["bdmc"]["upper"] >= out["bdmc"]["lower"] - 1.0
+    assert main([*args, "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "AIS forward (lower bound) log p(x)" in text and "BDMC" in text
+    assert main(["ais", str(run_dir), "--steps", "0", "--device", "cpu"]) == 2
+    assert "steps must be a positive integer" in capsys.readouterr().err
+    ladder = ["bounds", str(run_dir), "--k", "1", "10", "--ais-steps", "5", "--ais-chains", "2"]
+    assert main([*ladder, "--bdmc", "3", "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ais"]["steps"] == 5 and out["bdmc"]["n"] == 3
+    assert main([*ladder, "--device", "cpu"]) == 0
+    assert "AIS T=5 C=2" in capsys.readouterr().out
+
+
 def test_evaluate_adaptive_mode_reports_what_it_did(run_dir, capsys):
     capsys.readouterr()
     args = ["evaluate", str(run_dir), "--k", "20", "--max-k", "80", "--device", "cpu"]

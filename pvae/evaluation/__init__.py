@@ -1,7 +1,21 @@
 """Evaluation: ``@torch.no_grad`` estimators returning one value per datapoint."""
 
+from pvae.evaluation.ais import AISEstimate, BDMCResult, ais, bdmc, reverse_ais, simulate
 from pvae.evaluation.bounds import BoundLadder, bounds
 from pvae.evaluation.elbo import ElboEstimate, evaluate_elbo
 from pvae.evaluation.log_px import LogPxEstimate, log_px
 
-__all__ = ["BoundLadder", "ElboEstimate", "LogPxEstimate", "bounds", "evaluate_elbo", "log_px"]
+__all__ = [
+    "AISEstimate",
+    "BDMCResult",
+    "BoundLadder",
+    "ElboEstimate",
+    "LogPxEstimate",
+    "ais",
+    "bdmc",
+    "bounds",
+    "evaluate_elbo",
+    "log_px",
+    "reverse_ais",
+    "simulate",
+]

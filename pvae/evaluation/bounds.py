@@ -6,6 +6,11 @@ r"""The bound ladder: ELBO ≤ IWAE_k ≤ log p(x), with standard errors, for on
     \xrightarrow[k\to\infty]{} \log p(x), \qquad
     \log p(x) - \mathcal L_{\mathrm{ELBO}} = \mathrm{KL}\big(q(z\mid x)\,\|\,p(z\mid x)\big)
 
+Optionally the ladder gains annealed importance sampling on the same data (a tighter stochastic
+lower bound, :func:`pvae.ais`) and bidirectional Monte Carlo on data simulated from the model
+(:func:`pvae.bdmc`), whose gap between forward and reverse AIS bounds how far AIS with those
+settings is from log p(x) on such data.
+
 One set of ``k_max`` draws per datapoint serves every rung: IWAE_k is averaged over the
 ``k_max // k`` disjoint groups of k draws, so small-k rungs are precise and their standard error
 comes from the spread across groups; the top rung's from the delta method. The ELBO is reported in
@@ -52,6 +57,8 @@ class BoundLadder:
         kl: KL(q(z | x) ‖ p(z)).
         gap: IWAE at the largest k minus the best ELBO: an estimate of KL(q(z|x) ‖ p(z|x)).
         log_px: Summary of the largest-k estimate (ESS, k̂, bits/dim).
+        ais: :meth:`AISEstimate.summary` of forward AIS on the same data, or ``None``.
+        bdmc: :meth:`BDMCResult.summary` on data simulated from the model, or ``None``.
     """
 
     n: int
@@ -61,6 +68,8 @@ class BoundLadder:
     kl: dict[str, float]
     gap: dict[str, float]
     log_px: dict[str, Any] = field(default_factory=dict)
+    ais: dict[str, Any] | None = None
+    bdmc: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +81,8 @@ class BoundLadder:
             "kl": self.kl,
             "gap": self.gap,
             "log_px": self.log_px,
+            "ais": self.ais,
+            "bdmc": self.bdmc,
         }
 
     def table(self) -> str:
@@ -87,7 +98,22 @@ class BoundLadder:
             ("gap log p(x) - ELBO", self.gap),
         ]
         lines = [f"{'bound':<22}{'nats':>12}{'± se':>10}   (n = {self.n})"]
-        lines += [f"{name:<22}{v['mean']:>12.4f}{v['se']:>10.4f}" for name, v in rows]
+        if self.ais is not None:
+            a = self.ais
+            rows.append(
+                (f"AIS T={a['steps']} C={a['chains']}", {"mean": a["log_px"], "se": a["log_px_se"]})
+            )
+        lines += [
+            f"{name:<22}{v['mean']:>12.4f}{math.nan if v['se'] is None else v['se']:>10.4f}"
+            for name, v in rows
+        ]
+        if self.bdmc is not None:
+            b = self.bdmc
+            lines.append(
+                f"BDMC on {b['n']} datapoints simulated from the model (T={b['steps']}, "
+                f"C={b['chains']}): {b['lower']:.4f} ≤ log p(x) ≤ {b['upper']:.4f}, "
+                f"gap {b['gap']:.4f} ± {b['gap_se']:.4f} nats"
+            )
         if self.log_px.get("warning"):
             lines.append(f"WARNING (IWAE k={max(self.iwae)}): {self.log_px['warning']}")
         return "\n".join(lines)
@@ -108,6 +134,20 @@ class BoundLadder:
         if self.elbo_analytic is not None:
             ax.axhline(
                 self.elbo_analytic["mean"], color="gray", ls="--", label="ELBO (analytic KL)"
+            )
+        if self.ais is not None:
+            a, se = self.ais, self.ais["log_px_se"] or 0.0
+            ax.axhline(a["log_px"], color="C2", ls="-.", label=f"AIS (T={a['steps']})")
+            ax.axhspan(a["log_px"] - 2 * se, a["log_px"] + 2 * se, color="C2", alpha=0.2)
+        if self.bdmc is not None:
+            b = self.bdmc
+            ax.text(
+                0.98,
+                0.03,
+                f"BDMC gap on simulated data: {b['gap']:.3f} ± {b['gap_se']:.3f} nats",
+                transform=ax.transAxes,
+                ha="right",
+                fontsize=8,
             )
         ax.set_xscale("log")
         ax.set_xlabel("k (importance samples)")
@@ -133,6 +173,9 @@ def bounds(
     seed: int | None = None,
     distributed: bool = False,
     fast: bool = True,
+    ais_steps: int | None = None,
+    ais_chains: int = 16,
+    bdmc_n: int = 0,
 ) -> BoundLadder:
     """Compute the ELBO-to-IWAE bound ladder on data ``x``.
 
@@ -152,6 +195,11 @@ def bounds(
         distributed: Share the blocks across the ranks of a ``torch.distributed`` job and
             gather the results (the analytic-KL ELBO is computed on every rank with ``seed``).
         fast: Use the fused fast path where it applies (a standard :class:`~pvae.VAE`).
+        ais_steps: Add forward AIS with this many annealing steps (:func:`pvae.ais`, its other
+            settings at their defaults, seeded with ``seed`` or 0) on the same data.
+        ais_chains: Independent AIS chains per datapoint.
+        bdmc_n: With ``ais_steps``, also run BDMC (:func:`pvae.bdmc`) on this many datapoints
+            simulated from the model: the gap bounds the error of AIS with these settings.
 
     Returns:
         A :class:`BoundLadder`.
@@ -200,6 +248,32 @@ def bounds(
         elbo_vals = rung_vals[1].cpu() if 1 in rung_vals else elbo_vals
         elbo_se2 = rung_vars[1].cpu() if 1 in rung_vars else elbo_se2
     gap = top.log_px - elbo_vals
+    ais_summary = bdmc_summary = None
+    if ais_steps is not None or bdmc_n:
+        from pvae.evaluation.ais import ais, bdmc
+
+        if ais_steps is None:
+            raise ValueError(f"bdmc_n={bdmc_n} needs ais_steps (the AIS schedule to check)")
+        s = 0 if seed is None else seed
+        ais_summary = ais(
+            target.program,
+            x,
+            steps=ais_steps,
+            chains=ais_chains,
+            kwargs=target.kwargs or None,
+            memory_budget=memory_budget,
+            seed=s,
+        ).summary()
+        if bdmc_n:
+            if target.kwargs:
+                raise ValueError(
+                    "bdmc_n: a model with keyword arguments (labels…) needs data simulated "
+                    "with them; call pvae.simulate and pvae.bdmc yourself"
+                )
+            n = positive_int("bdmc_n", bdmc_n)
+            bdmc_summary = bdmc(
+                target.program, n=n, steps=ais_steps, chains=ais_chains, seed=s
+            ).summary()
     return BoundLadder(
         n=x.shape[0],
         iwae=iwae,
@@ -208,4 +282,6 @@ def bounds(
         kl=_mean_se(est.kl.double().cpu(), torch.zeros(x.shape[0], dtype=torch.float64)),
         gap=_mean_se(gap, top.se**2 + elbo_se2),
         log_px=top.summary(),
+        ais=ais_summary,
+        bdmc=bdmc_summary,
     )
