@@ -28,10 +28,11 @@ format: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest -q --doctest-modules pvae tests
 
-bench: $(STAMP)  ## training step and log p(x) throughput: pvae vs Pyro vs hand-written PyTorch
+bench: $(STAMP)  ## training step, log p(x) and AIS throughput: pvae vs Pyro vs hand-written PyTorch
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/log_px.py
 	$(BIN)/python benchmarks/two_layer_step.py
+	$(BIN)/python benchmarks/ais.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -956,7 +956,8 @@ def reverse_ais(
     Args:
         latents: Every latent site's value, one per datapoint, as a trace of the model holds it
             (e.g. shape ``(N, latent_dim)``); all chains of a datapoint start there.
-        (the rest): As :func:`ais`.
+
+    Every other argument is as in :func:`ais`.
 
     Returns:
         An :class:`AISEstimate` with ``direction="reverse"``; ``log_px`` is the upper bound and
@@ -1055,7 +1056,8 @@ def bdmc(
         model: A pair, or a model callable followed by its guide in ``x_or_guide``.
         x_or_guide: The guide, when ``model`` is a callable.
         n: Datapoints to simulate.
-        (the rest): As :func:`ais`; ``seed`` seeds the simulation too.
+
+    Every other argument is as in :func:`ais`; ``seed`` seeds the simulation too.
 
     Returns:
         A :class:`BDMCResult`.
