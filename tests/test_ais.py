@@ -151,6 +151,13 @@ def test_two_layer_chain_through_traces():
     assert float(lo.mean()) < 3 * _se(lo) and float(hi.mean()) > -3 * _se(hi)
     assert abs(float(lo.mean())) < 3 * _se(lo) and abs(float(hi.mean())) < 3 * _se(hi)
     assert float(lo.mean()) > float(iwae.mean()) + 3 * math.hypot(_se(lo), _se(iwae))
+    # Fewer steps: both bounds further out, so the BDMC gap shrinks toward 0 as steps grow.
+    short = A.bdmc(program, n=30, steps=5, chains=8, leapfrog=5, seed=0)
+    torch.testing.assert_close(short.x, x)  # the same simulated data (seeded)
+    lo5, gap5, gap150 = short.forward.log_px - exact, short.gap, hi - lo
+    assert float(-lo5.mean()) > float(-lo.mean()) + 3 * math.hypot(_se(lo5), _se(lo))
+    assert float(gap5.mean()) > float(gap150.mean()) + 3 * math.hypot(_se(gap5), _se(gap150))
+    assert float(gap150.mean()) > -3 * _se(gap150)
 
 
 # -- 5. BDMC ---------------------------------------------------------------------------------------
