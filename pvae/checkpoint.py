@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "WriteError",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "pvae-checkpoint"
 VERSION = 1
@@ -29,19 +37,36 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, truncated, of another format, or of another model."""
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, no permission, ...); the message names the file
+    and the cause. What was there before is intact."""
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename: the one path
+    every file pvae writes goes through.
+
+    Raises:
+        WriteError: the write failed; ``path`` holds what it held before (or does not exist).
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            cause = err.strerror or str(err) or type(err).__name__
+            error = WriteError(f"cannot write {str(path)!r}: {cause}; its previous content is kept")
+            error.errno = err.errno
+            raise error from err
         raise
 
 
@@ -70,11 +95,18 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, which runs the file's code: never passed on.
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
+        if found is None:
+            raise _unreadable(path, "pickle data that is not a checkpoint's") from None
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
+            f"checkpoint {str(path)!r} is refused: it holds an object of type {found[1]}, and a "
+            "pvae checkpoint holds only plain data (tensors, numbers, strings, lists, dicts), "
+            "never code"
+        ) from None
+    except Exception as err:
+        raise _unreadable(path, err) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is not a pvae checkpoint (expected format {FORMAT!r})"
@@ -88,6 +120,14 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks fields {missing}")
     return ckpt
+
+
+def _unreadable(path: Path, err: Exception | str) -> CheckpointError:
+    if isinstance(err, Exception):
+        err = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return CheckpointError(
+        f"checkpoint {str(path)!r} is corrupt or truncated and cannot be read ({err})"
+    )
 
 
 def check_state_matches(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pvae.checkpoint import atomic_write_bytes
 from pvae.evaluation.log_px import LogPxEstimate
 from pvae.model import VAE, point_estimate
 
@@ -50,8 +52,11 @@ def _interactive() -> bool:
 
 def _finish(fig: Any, path: str | Path | None) -> Any:
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
+    if path is not None:  # rendered in memory, written through pvae's one write path
+        path = Path(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix[1:].lower() or "png")
+        atomic_write_bytes(path, buf.getvalue())
         if not _interactive():  # saved to disk: release pyplot's reference (no figure pile-up)
             _plt().close(fig)
     return fig

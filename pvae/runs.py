@@ -12,12 +12,20 @@ import tomllib
 import torch
 from torch import nn
 
-from pvae.checkpoint import CheckpointError
+from pvae import distributed as D
+from pvae.checkpoint import CheckpointError, check_state_matches, load_checkpoint
 from pvae.config import Config, build_vae, load_data
 from pvae.datasets import DataSplits
 from pvae.train import CHECKPOINT, CONFIG, FitResult, fit, load_run_state, resolve_device
+from pvae.training.checkpointing import check_run_dir
+from pvae.training.runlock import check_not_locked
 
 __all__ = ["Run", "load_run", "train_from_config"]
+
+
+def _is_main() -> bool:
+    d = D.info()
+    return d is None or d.is_main
 
 
 @dataclass
@@ -28,14 +36,14 @@ class Run:
         path: The run folder.
         config: Its configuration.
         vae: The trained model the configuration describes, with the checkpoint's parameters.
-        data: The data the configuration names.
+        data: The data the configuration names (``None`` if loaded with ``data=False``).
         checkpoint: The checkpoint as read.
     """
 
     path: Path
     config: Config
     vae: nn.Module
-    data: DataSplits
+    data: DataSplits | None
     checkpoint: dict[str, Any]
 
 
@@ -48,11 +56,15 @@ def train_from_config(
     :func:`~pvae.fit` creates the folder, so a rejected run leaves nothing behind.
     """
     run_path = Path(run_dir)
+    main = _is_main()
     if not resume and (run_path / CHECKPOINT).exists():
+        if main:
+            check_not_locked(run_path)  # a live run's folder: say so, and whose
         raise ValueError(
             f"run folder {str(run_path)!r} already holds a checkpoint; use --resume {run_path} "
             "or another --out"
         )
+    check_run_dir(run_path, resume, main=main)
     data = data if data is not None else load_data(cfg.data)
     t = cfg.train
     pyro.set_rng_seed(t.seed)  # seeds the initial weights
@@ -92,22 +104,38 @@ def read_run_config(run_dir: str | Path) -> Config:
     return Config.from_dict(tomllib.loads(path.read_text()))
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data: bool = True) -> Run:
     """Rebuild the model, data and checkpoint of a run folder written by ``pvae train``.
+
+    Args:
+        run_dir: The run folder.
+        device: Where to put the model.
+        data: Also load the data the config names; without it (drawing from the prior needs no
+            data) ``Run.data`` is ``None`` and the model is built for the checkpoint's data shape.
 
     Raises:
         CheckpointError: the checkpoint is missing, corrupt, or does not fit the config's model.
     """
     run_path = Path(run_dir)
     cfg = read_run_config(run_path)
-    data = load_data(cfg.data)
-    vae = build_vae(cfg.model, data.data_shape)
     dev = resolve_device(device)
-    ckpt = load_run_state(run_path, vae, map_location=dev)
+    splits = load_data(cfg.data) if data else None
+    if splits is not None:
+        vae = build_vae(cfg.model, splits.data_shape)
+        ckpt = load_run_state(run_path, vae, map_location=dev)
+    else:
+        ckpt = load_checkpoint(run_path / CHECKPOINT, map_location=dev)
+        if not ckpt.get("data_shape"):
+            raise CheckpointError(
+                f"{run_path / CHECKPOINT} records no data shape; load the run with its data"
+            )
+        vae = build_vae(cfg.model, ckpt["data_shape"])
+        check_state_matches(vae, ckpt["model"], str(run_path / CHECKPOINT))
+        vae.load_state_dict(ckpt["model"])
     if ckpt.get("config") is not None and ckpt["config"].get("model") != cfg.to_dict()["model"]:
         raise CheckpointError(
             f"{run_path / CHECKPOINT} was written for another model than {run_path / CONFIG} "
             "describes"
         )
     vae.to(dev).eval()
-    return Run(run_path, cfg, vae, data, ckpt)
+    return Run(run_path, cfg, vae, splits, ckpt)

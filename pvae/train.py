@@ -154,7 +154,10 @@ def fit(
         seed: Seeds parameter initialization (for default networks), shuffling and sampling.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         run_dir: Folder for ``checkpoint.pt`` (every epoch), ``metrics.json``, ``curves.png``
-            and, for a VAE on images, reconstruction and sample grids.
+            and, for a VAE on images, reconstruction and sample grids. A new run needs a new or
+            empty folder, which appears once its first checkpoint is written; the folder is
+            locked while the run lives, so a second run into it fails at once
+            (:mod:`pvae.training.runlock`).
         resume: Continue from ``run_dir/checkpoint.pt``.
         progress: Show a progress bar and one line per epoch.
         eval_batch_size: Datapoints per chunk in validation.
@@ -177,6 +180,8 @@ def fit(
         TypeError: ``vae`` is not an ``nn.Module`` with ``model`` and ``guide`` methods.
         ValueError: a bad argument (named), data that do not fit the model, or β, warm-up or
             free bits for a module that is not a VAE.
+        OSError: a file could not be written (:class:`~pvae.checkpoint.WriteError`, naming
+            it; the last checkpoint is kept).
         TrainingDivergedError: the loss became NaN/inf (the message names epoch and step; the
             last good checkpoint is kept).
 
@@ -220,7 +225,7 @@ def fit(
     main = d is None or d.is_main
     dev = training_device(device, d)
     train, val = as_splits(data)
-    run_path = check_run_dir(run_dir, resume)
+    run_path = check_run_dir(run_dir, resume, main=main)
 
     pyro.set_rng_seed(seed)
     train, val = prepare(module, train, val, dev)
@@ -232,37 +237,40 @@ def fit(
     check_mean_field(module, step_options.elbo, train.x[:2], {"y": train.y[:2]} if labels else {})
     step = TrainStep(module, step_options, dev, d, seed, not main, train.y if labels else None)
     checkpoints = Checkpointer(run_path, module, step.optimizer, train.data_shape, d)
-    state = checkpoints.restore(dev) if resume else TrainState()
-    state.config = config if config is not None else state.config
-    step.steps = state.step
-    checkpoints.start(state, fresh=not resume)  # only now, every input checked, is a folder made
+    with checkpoints:  # the run folder's lock, held until the run ends however it ends
+        if resume:
+            checkpoints.lock()
+        state = checkpoints.restore(dev) if resume else TrainState()
+        state.config = config if config is not None else state.config
+        step.steps = state.step
+        checkpoints.start(state, fresh=not resume)  # every input checked: only now a folder
 
-    per_rank = -(-len(train) // (1 if d is None else d.world_size))
-    total_steps = max(0, epochs - state.epoch) * math.ceil(per_rank / batch_size)
-    epoch = state.epoch + 1
-    with Progress(progress, main, total_steps, epochs) as report:
-        try:
-            for epoch in range(state.epoch + 1, epochs + 1):
-                t0 = time.perf_counter()
-                elbo = run_epoch(step, train, batch_size, seed, epoch, d, report.step, run_path)
-                record = {"epoch": epoch, "step": step.steps, "train_elbo": elbo}
-                if val is not None:
-                    record.update(validate(module, val, val_options, epoch, d, labels))
-                state.epoch, state.step = epoch, step.steps
-                state.history.append(record)
-                checkpoints.save(state)
-                report.epoch_done(record, time.perf_counter() - t0)
-                if on_epoch is not None:
-                    on_epoch(record)
-        except KeyboardInterrupt:
-            report.interrupted(epoch, run_path)
-            raise
-        finally:
-            step.unweight()
-    module.eval()
-    if d is not None:
-        torch.distributed.barrier()
-    if run_path is not None and main:
-        pictured = (val if val is not None else train).observed()
-        write_figures(module, run_path, state.history, pictured)
+        per_rank = -(-len(train) // (1 if d is None else d.world_size))
+        total_steps = max(0, epochs - state.epoch) * math.ceil(per_rank / batch_size)
+        epoch = state.epoch + 1
+        with Progress(progress, main, total_steps, epochs) as report:
+            try:
+                for epoch in range(state.epoch + 1, epochs + 1):
+                    t0 = time.perf_counter()
+                    elbo = run_epoch(step, train, batch_size, seed, epoch, d, report.step, run_path)
+                    record = {"epoch": epoch, "step": step.steps, "train_elbo": elbo}
+                    if val is not None:
+                        record.update(validate(module, val, val_options, epoch, d, labels))
+                    state.epoch, state.step = epoch, step.steps
+                    state.history.append(record)
+                    checkpoints.save(state)
+                    report.epoch_done(record, time.perf_counter() - t0)
+                    if on_epoch is not None:
+                        on_epoch(record)
+            except KeyboardInterrupt:
+                report.interrupted(epoch, run_path)
+                raise
+            finally:
+                step.unweight()
+        module.eval()
+        if d is not None:
+            torch.distributed.barrier()
+        if run_path is not None and main:
+            pictured = (val if val is not None else train).observed()
+            write_figures(module, run_path, state.history, pictured)
     return FitResult(module, state.history, run_path)

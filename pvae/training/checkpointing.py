@@ -10,7 +10,10 @@ numbers an uninterrupted run would have drawn. Files are written by rank 0, atom
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from pvae.checkpoint import (
     save_checkpoint,
 )
 from pvae.config import dumps_toml
+from pvae.training.runlock import LOCK, RunFolderBusyError, RunLock, check_not_locked
 
 __all__ = [
     "CHECKPOINT",
@@ -61,15 +65,30 @@ class TrainState:
     config: dict[str, Any] | None = None
 
 
-def check_run_dir(run_dir: str | Path | None, resume: bool) -> Path | None:
-    """The run folder as a path, refusing a resume without one and a fresh run over one."""
+def check_run_dir(run_dir: str | Path | None, resume: bool, *, main: bool = True) -> Path | None:
+    """The run folder as a path, refusing a resume without one, a folder another live run holds,
+    and a fresh run into a folder that exists and is not empty (a run to resume, or files of
+    the user's: nothing there is touched). ``main``: this process writes (rank 0) and so may probe
+    the lock; every rank runs the other checks, so that all of them fail together."""
     path = Path(run_dir) if run_dir is not None else None
     if resume and path is None:
         raise ValueError("resume=True needs run_dir, the folder holding checkpoint.pt")
-    if path is not None and not resume and (path / CHECKPOINT).exists():
+    if path is None:
+        return path
+    if main:  # a probe of the lock: rank 0 alone, which takes it
+        check_not_locked(path)
+    if resume:
+        return path
+    if (path / CHECKPOINT).exists():
         raise ValueError(
             f"run_dir {str(path)!r} already holds a checkpoint; resume it (resume=True, "
             "`pvae train --resume RUN`) or choose another folder"
+        )
+    if path.exists() and (not path.is_dir() or any(p.name != LOCK for p in path.iterdir())):
+        what = "is not empty" if path.is_dir() else "is a file"
+        raise ValueError(
+            f"run_dir {str(path)!r} exists and {what}, and holds no run to resume; a new run "
+            "is written only into a new or empty folder (choose another --out / run_dir)"
         )
     return path
 
@@ -100,6 +119,26 @@ class Checkpointer:
         self.data_shape = list(data_shape)
         self.d = d
         self.main = d is None or d.is_main
+        self._lock: RunLock | None = None
+        self._staging: Path | None = None
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Drop the folder's lock; a new run that failed before its first checkpoint was
+        published leaves no folder behind."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def lock(self) -> None:
+        """Take the folder's lock, for a resumed run (a new run locks its staging folder)."""
+        if self.path is not None and self.main:
+            self._lock = RunLock(self.path).acquire()
 
     def restore(self, device: torch.device) -> TrainState:
         """Load the folder's checkpoint into module, optimizer and this rank's RNGs."""
@@ -112,16 +151,45 @@ class Checkpointer:
         return TrainState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]), ckpt.get("config"))
 
     def start(self, state: TrainState, fresh: bool) -> None:
-        """Create the folder and write ``config.toml``; a fresh run also saves epoch 0, so a
-        last good checkpoint exists from the start. Called once every input has been checked."""
+        """Write ``config.toml``; a fresh run also saves epoch 0, so a last good checkpoint
+        exists from the start. Called once every input has been checked.
+
+        A fresh run is written into a hidden sibling folder, locked, and renamed to the run
+        folder only once its first checkpoint is on disk: the folder appears complete or not
+        at all, and a rival run that got there first is detected by the rename."""
         if self.path is None:
             return
-        if self.main:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if state.config is not None:  # a resumed run may extend train.epochs: keep it current
+        final = self.path
+        if self.main and fresh:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_staging(final)
+            staging = final.parent / f"{_staging_prefix(final)}{os.getpid()}"
+            staging.mkdir()
+            self._staging, self.path = staging, staging
+            self._lock = RunLock(staging).acquire()
+        try:
+            if self.main and state.config is not None:  # a resume may extend train.epochs
                 atomic_write_bytes(self.path / CONFIG, dumps_toml(state.config).encode())
-        if fresh:
-            self.save(state)
+            if fresh:
+                self.save(state)
+                if self.main:
+                    self._publish(final)
+            elif self.main:  # metrics of a run stopped between its checkpoint and its metrics
+                self._write_metrics(state)
+        finally:
+            self.path = final
+
+    def _publish(self, final: Path) -> None:
+        try:
+            os.rename(self._staging, final)  # replaces an empty folder, never a non-empty one
+        except OSError as err:
+            check_not_locked(final)
+            raise ValueError(
+                f"run_dir {str(final)!r} was created by another process while this run started "
+                f"({err.strerror}); choose another folder"
+            ) from None
+        self._staging = None
+        self._lock.folder = final
 
     def save(self, state: TrainState) -> None:
         """Write the checkpoint and ``metrics.json`` for ``state``."""
@@ -147,8 +215,27 @@ class Checkpointer:
                 "data_shape": self.data_shape,
             },
         )
+        self._write_metrics(state)
+
+    def _write_metrics(self, state: TrainState) -> None:
         metrics = json.dumps(state.history, indent=1) + "\n"
         atomic_write_bytes(self.path / METRICS, metrics.encode())
+
+
+def _staging_prefix(final: Path) -> str:
+    return f".{final.name}.pvae-new-"
+
+
+def _remove_stale_staging(final: Path) -> None:
+    """Remove staging folders of new runs into ``final`` that were killed before their first
+    checkpoint; one whose lock a live process holds is left to it."""
+    for old in final.parent.glob(f"{glob.escape(_staging_prefix(final))}*"):
+        try:
+            lock = RunLock(old).acquire()
+        except (RunFolderBusyError, OSError):
+            continue
+        lock.release()
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:

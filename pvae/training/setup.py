@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pvae import distributed as D
+from pvae._checks import check_data_fits
 from pvae.datasets import DataSplits, Split
 
 __all__ = ["as_splits", "check_trainable", "prepare", "resolve_device", "training_device"]
@@ -111,6 +112,4 @@ def prepare(
 def _check_data(module: nn.Module, split: Split, name: str) -> None:
     # Dynamic binarization draws are binary by construction; their intensities were range-checked
     # when the split was made, so checking one draw covers every epoch.
-    check = getattr(getattr(module, "likelihood", None), "check_data", None)
-    if callable(check):
-        check(split.observed(), name=name)
+    check_data_fits(module, split.observed(), name)
