@@ -45,3 +45,13 @@ def lookup(kind: str, registry: Mapping[str, Any], name: Any) -> Any:
         raise TypeError(f"{kind} name must be a string, got {name!r} ({type(name).__name__})")
     one_of(kind, name, registry)
     return registry[name]
+
+
+def check_data_fits(module: Any, x: Any, name: str = "data") -> None:
+    """Raise ``ValueError`` if ``x`` lies outside the support of ``module``'s likelihood (its
+    ``likelihood.check_data``, e.g. [0, 1] for a Bernoulli; it may also warn). The one check
+    :func:`pvae.fit` and every estimator apply to data, so that an estimator never reports a
+    number for data the model cannot have generated."""
+    check = getattr(getattr(module, "likelihood", None), "check_data", None)
+    if callable(check):
+        check(x, name=name)

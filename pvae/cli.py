@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg = Config.from_dict(apply_overrides(base, args.set))
         out = Path(args.resume)
     else:
+        if args.config is not None and Path(args.config).is_dir():
+            raise ValueError(f"--config must be a TOML file, got the folder {args.config!r}")
         cfg = load_config(args.config, args.set)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.no_progress:
@@ -60,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
     result = train_from_config(cfg, out, resume=args.resume is not None)
     if _is_main():
         summary = {"run": str(out), **result.final}
-        print(json.dumps(summary) if args.json else f"run written to {out}: {summary}")
+        print(_json(summary) if args.json else f"run written to {out}: {summary}")
     return 0
 
 
@@ -77,13 +80,15 @@ def _is_main() -> bool:
 
 
 def _json(obj: dict) -> str:
-    """JSON with non-finite floats as null (JSON has no NaN or infinity)."""
+    """Strict JSON: non-finite floats, at any depth, as null (JSON has no NaN or infinity)."""
 
     def clean(v: object) -> object:
         if isinstance(v, float) and not math.isfinite(v):
             return None
         if isinstance(v, dict):
             return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
         return v
 
     return json.dumps(clean(obj))
@@ -99,7 +104,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     est = evaluate_elbo(
         run.vae,
         x,
-        num_samples=args.num_samples or run.config.eval.num_samples,
+        num_samples=run.config.eval.num_samples
+        if args.num_samples is None
+        else positive_int("--num-samples", args.num_samples),
         batch_size=run.config.eval.batch_size,
     )
     out = {
@@ -271,7 +278,7 @@ def _plot(args: argparse.Namespace) -> int:
         _needs_vae(run.vae, f"--what {args.what}")
     x = run.data.test.to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
-    out = Path(args.out) if args.out else run.path / f"{args.what}.png"
+    out = _figure_path(args.out) if args.out else run.path / f"{args.what}.png"
     if args.what == "manifold":
         plotting.latent_manifold(run.vae, x=x, path=out)
     elif args.what == "samples":
@@ -290,8 +297,20 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure_path(out: str) -> Path:
+    """A figure's ``--out``: a file (PNG or PDF by its suffix) in a folder that exists."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out must be a file path such as {out}/x.png, got the folder {out!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {out!r}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
 def _sample(args: argparse.Namespace) -> int:
-    run = load_run(args.run, device=args.device)
+    n = positive_int("-n", args.n)
+    out = _figure_path(args.out)
+    run = load_run(args.run, device=args.device, data=False)  # the prior needs no data
     if not callable(getattr(run.vae, "sample", None)):
         raise ValueError(f"{type(run.vae).__name__} has no sample(n) method: nothing to draw")
     pyro.set_rng_seed(args.seed)
@@ -299,8 +318,8 @@ def _sample(args: argparse.Namespace) -> int:
 
     if not plotting.is_image_shape(run.vae.data_shape):
         raise ValueError(f"samples of shape {run.vae.data_shape} are not images; nothing to draw")
-    plotting.samples(run.vae, n=args.n, path=args.out)
-    print(f"wrote {args.n} samples to {args.out}")
+    plotting.samples(run.vae, n=n, path=out)
+    print(f"wrote {n} samples to {out}")
     return 0
 
 
@@ -409,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(command: str, what: str, err: BaseException, status: int) -> int:
+    """One line on stderr (with ``PVAE_DEBUG=1``, the traceback first); the exit status."""
+    if os.environ.get("PVAE_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(err)
+    print(f"pvae {command}: {what}: {err}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pvae`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -425,11 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         clean = True
         return status
     except (ValueError, TypeError, CheckpointError, DataUnavailableError) as err:
-        print(f"pvae {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args.command, "error", err, 2)
+    except OSError as err:  # a file that could not be read or written (named in the message)
+        return _fail(args.command, "error", err, 1)
     except TrainingDivergedError as err:
-        print(f"pvae {args.command}: training diverged: {err}", file=sys.stderr)
-        return 3
+        return _fail(args.command, "training diverged", err, 3)
     except KeyboardInterrupt:
         print(f"pvae {args.command}: interrupted", file=sys.stderr)
         return 130

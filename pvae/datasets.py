@@ -249,7 +249,11 @@ def names() -> list[str]:
 
 
 def _as_float(name: str, a: Any) -> Tensor:
-    t = torch.as_tensor(np.asarray(a)) if not isinstance(a, Tensor) else a.detach().cpu()
+    if not isinstance(a, Tensor):
+        a = np.asarray(a)
+        if a.dtype.kind not in "biuf":  # strings, objects: torch's own message names no file
+            raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    t = torch.as_tensor(a) if not isinstance(a, Tensor) else a.detach().cpu()
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
     elif not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.bool)):
@@ -311,7 +315,7 @@ def load(
     else:
         x_tr, y_tr, x_te, y_te = name, None, None, None
         label = "array"
-    x_tr = _as_float("data", x_tr)
+    x_tr = _as_float(f"data ({label})" if label != "array" else "data", x_tr)
     y_tr = None if y_tr is None else torch.as_tensor(np.asarray(y_tr))
     gen = torch.Generator().manual_seed(seed)
     if x_te is None:  # carve a fixed test set out of the data
@@ -321,7 +325,7 @@ def load(
         x_te, y_te = x_tr[te], None if y_tr is None else y_tr[te]
         x_tr, y_tr = x_tr[perm], None if y_tr is None else y_tr[perm]
     else:
-        x_te = _as_float("test data", x_te)
+        x_te = _as_float(f"test data ({label})", x_te)
         y_te = None if y_te is None else torch.as_tensor(np.asarray(y_te))
     perm = torch.randperm(len(x_tr), generator=gen)
     n_val = max(1, round(val_fraction * len(x_tr)))

@@ -112,7 +112,7 @@ def active_units_by_site(
     Example:
         >>> import torch, pvae
         >>> vae = pvae.VAE(pvae.priors.StandardNormal(3), data_shape=(4,))
-        >>> au = pvae.diagnostics.active_units_by_site(vae, torch.rand(50, 4))
+        >>> au = pvae.diagnostics.active_units_by_site(vae, torch.rand(50, 4).round())
         >>> list(au), au["z"].variance.shape
         (['z'], torch.Size([3]))
     """
@@ -143,7 +143,7 @@ def active_units(
     Example:
         >>> import torch, pvae
         >>> vae = pvae.VAE(pvae.priors.StandardNormal(3), data_shape=(4,))
-        >>> pvae.diagnostics.active_units(vae, torch.rand(50, 4), warn=False).variance.shape
+        >>> pvae.diagnostics.active_units(vae, torch.rand(50, 4).round(), warn=False).variance.shape
         torch.Size([3])
     """
     sites = active_units_by_site(vae, x, threshold, batch_size)

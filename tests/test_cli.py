@@ -317,3 +317,71 @@ def test_evaluate_json_carries_the_diagnostics(run_dir, capsys):
     assert 0 <= d["mutual_information"] <= math.log(359) + 4 * d["mutual_information_se"]
     assert 0 <= d["prior_hole_fraction"] <= 1
     assert len(out["weights"]["worst"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["-n", "0"], "-n must be a positive integer, got 0"),
+        (["-n", "-3"], "-n must be a positive integer, got -3"),
+        (["--out", "no/x.png"], "--out 'no/x.png': folder 'no' does not exist"),
+        (["--out", "."], "--out must be a file path such as ./x.png, got the folder '.'"),
+    ],
+    ids=["n=0", "n<0", "no-folder", "folder"],
+)
+def test_sample_refuses_bad_arguments_with_a_message(
+    run_dir, argv, match, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(run_dir), *argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"pvae sample: error: {match}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_draws_from_the_prior_without_the_training_data(tmp_path, capsys):
+    import numpy as np
+
+    data = tmp_path / "x.npy"
+    np.save(data, (np.random.default_rng(0).random((60, 1, 8, 8)) > 0.5).astype(np.float32))
+    out = tmp_path / "r"
+    argv = ["--set", "data.name=file", "--set", f'data.path="{data}"']
+    assert main(["train", "--out", str(out), *argv, "--set", "data.binarize=none", *QUICK]) == 0
+    data.unlink()
+    png = tmp_path / "s.png"
+    assert main(["sample", str(out), "-n", "5", "--out", str(png), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote 5 samples to {png}"
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+
+
+def strict_json(text: str) -> dict:
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "--k", "5"],  # k < 10: k̂ is NaN, also inside weights.worst[]
+        ["bounds", "--k", "1", "5"],
+        ["ais", "--subset", "3", "--steps", "3", "--chains", "2"],
+    ],
+    ids=["evaluate", "bounds", "ais"],
+)
+def test_every_json_output_is_strict_json(run_dir, argv, capsys):
+    capsys.readouterr()
+    command, *rest = argv
+    assert main([command, str(run_dir), *rest, "--json", "--device", "cpu"]) == 0
+    out = strict_json(capsys.readouterr().out)
+    assert out["run"] == str(run_dir)
+    if command == "evaluate":
+        assert out["weights"]["worst"] and out["weights"]["worst"][0]["khat"] is None
+
+
+def test_train_json_is_strict_json(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "r"), *QUICK, "--set", "train.epochs=1", "--json"]
+    assert main(argv) == 0
+    assert strict_json(capsys.readouterr().out.splitlines()[-1])["epoch"] == 1

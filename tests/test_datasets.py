@@ -124,3 +124,12 @@ def test_user_arrays_and_files(tmp_path):
 def test_bad_data_arguments(args, kwargs, err, match):
     with pytest.raises(err, match=match):
         pvae.datasets.load(*args, **kwargs)
+
+
+def test_a_file_of_strings_is_refused_with_its_name(tmp_path):
+    path = tmp_path / "words.npy"
+    np.save(path, np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(
+        TypeError, match=r"data \(.*words\.npy\) must be a numeric array, got dtype <U1"
+    ):
+        pvae.datasets.load(str(path))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pvae._checks import positive_int
+from pvae._checks import check_data_fits, positive_int
 from pvae.distributed import info as dist_info
 from pvae.model import VAE
 from pvae.program import Program, as_program, param_sites
@@ -153,13 +153,20 @@ def resolve(
     kwargs = dict(kwargs or {})
     owner = program.owner
     if isinstance(owner, VAE):
-        if not owner.is_built:
-            owner.build(x.shape[1:])
+        if not owner.is_built:  # its networks would hold random weights, never trained ones
+            raise ValueError(
+                "the VAE is not built, so it has no trained weights to evaluate: build the VAE "
+                "first or pass data_shape (pvae.VAE(..., data_shape=...)), train it with "
+                "pvae.fit, or load a checkpoint with pvae.load_run_state"
+            )
         if tuple(x.shape[1:]) != owner.data_shape:
             raise ValueError(
                 f"x has datapoints of shape {tuple(x.shape[1:])}, but the VAE was built for "
                 f"{owner.data_shape}"
             )
+    dtype = _floating_dtype(owner)
+    if dtype is not None and x.dtype != dtype:  # as fit does: the data follow the model's dtype
+        x = x.to(dtype)
     first = {
         key: v[:1] if isinstance(v, Tensor) and v.dim() and v.shape[0] == x.shape[0] else v
         for key, v in kwargs.items()
@@ -177,12 +184,19 @@ def resolve(
                 f"{tuple(q.event_shape)}) does not match the prior's (support {p.support}, "
                 f"event shape {tuple(p.event_shape)}): importance weights p/q are then undefined"
             )
+    check_data_fits(owner, x, "x")  # the check fit applies: x in the likelihood's support
     source: WeightSource = (
         FusedWeights(owner)
         if fast and _fused_ok(program, kwargs)
         else TraceWeights(program, nesting)
     )
     return Target(program, x, kwargs, source, nesting)
+
+
+def _floating_dtype(module: Any) -> torch.dtype | None:
+    if not isinstance(module, nn.Module):
+        return None
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
 def _bytes_per_draw(target: Target, dtype: torch.dtype) -> int:
