@@ -97,6 +97,16 @@ def split_call(model: Any, x_or_guide: Any, x: Any) -> tuple[Program, Any]:
     return as_program(model, x_or_guide), x
 
 
+def delta_method(lse: Tensor, lse2: Tensor, k: Tensor | float) -> tuple[Tensor, Tensor]:
+    """The effective sample size and standard error of :math:`\\log \frac1k \\sum_i w_i` from
+    :math:`\\log \\sum w` and :math:`\\log \\sum w^2` over k draws (k per datapoint or shared):
+    ESS = (Σw)² / Σw² in [1, k] (Kong 1992), s.e. = √((k/ESS − 1)/(k − 1)), NaN for k = 1."""
+    kk = torch.as_tensor(k, dtype=lse.dtype, device=lse.device).expand_as(lse)
+    ess = torch.minimum(torch.exp(2 * lse - lse2).clamp_min(1.0), kk)
+    se = ((kk / ess - 1).clamp_min(0) / (kk - 1)).sqrt()
+    return ess, torch.where(kk > 1, se, torch.full_like(se, math.nan))
+
+
 def check_k(k: Any, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
         raise TypeError(f"{name} must be a positive integer, got {k!r} ({type(k).__name__})")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from pvae.evaluation._psis import KHAT_LIMIT, MIN_DRAWS, pareto_khat
-from pvae.evaluation._weights import Target, blocks, check_k, plan
+from pvae.evaluation._weights import Target, blocks, check_k, delta_method, plan
 
 __all__ = ["AdaptiveReport", "adaptive_weights"]
 
@@ -78,10 +78,8 @@ class AdaptiveReport:
 
 def _stats(w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """log Σw, log Σw², the delta-method s.e. and k̂ of rows of log weights ``(b, k)``."""
-    k = w.shape[1]
     lse, lse2 = w.logsumexp(1), (2 * w).logsumexp(1)
-    ess = torch.exp(2 * lse - lse2).clamp(1.0, float(k))
-    se = ((k / ess - 1).clamp_min(0) / (k - 1)).sqrt()
+    _, se = delta_method(lse, lse2, w.shape[1])
     kh = torch.from_numpy(pareto_khat(w.cpu().numpy())).to(w)
     return lse, lse2, se, kh
 

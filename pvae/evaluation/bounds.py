@@ -33,6 +33,7 @@ from pvae._checks import positive_int
 from pvae.distributed import gather_blocks
 from pvae.evaluation._psis import pareto_khat
 from pvae.evaluation._weights import DEFAULT_BUDGET, blocks, check_k, plan, resolve, seeded
+from pvae.evaluation.ais import ais, bdmc
 from pvae.evaluation.elbo import evaluate_elbo
 from pvae.evaluation.log_px import _finish
 
@@ -250,8 +251,6 @@ def bounds(
     gap = top.log_px - elbo_vals
     ais_summary = bdmc_summary = None
     if ais_steps is not None or bdmc_n:
-        from pvae.evaluation.ais import ais, bdmc
-
         if ais_steps is None:
             raise ValueError(f"bdmc_n={bdmc_n} needs ais_steps (the AIS schedule to check)")
         s = 0 if seed is None else seed

@@ -36,7 +36,14 @@ from torch import Tensor
 
 from pvae.distributed import gather_blocks
 from pvae.evaluation._psis import KHAT_LIMIT, pareto_khat
-from pvae.evaluation._weights import DEFAULT_BUDGET, blocks, check_k, plan, resolve
+from pvae.evaluation._weights import (
+    DEFAULT_BUDGET,
+    blocks,
+    check_k,
+    delta_method,
+    plan,
+    resolve,
+)
 from pvae.evaluation.adaptive import AdaptiveReport, adaptive_weights
 
 __all__ = ["DEFAULT_BUDGET", "KHAT_LIMIT", "KHAT_WARN_FRACTION", "LogPxEstimate", "log_px"]
@@ -140,9 +147,7 @@ def _finish(
     """The estimate from log Σw and log Σw² over ``k`` draws (``k_used`` per datapoint when
     the adaptive mode drew different numbers)."""
     kk = k_used.to(lse) if k_used is not None else torch.full_like(lse, float(k))
-    ess = torch.minimum(torch.exp(2 * lse - lse2).clamp_min(1.0), kk)
-    se = ((kk / ess - 1).clamp_min(0) / (kk - 1)).sqrt()
-    se = torch.where(kk > 1, se, torch.full_like(se, math.nan))
+    ess, se = delta_method(lse, lse2, kk)
     return LogPxEstimate(
         (lse - kk.log()).cpu(), se.cpu(), ess.cpu(), khat.to(lse).cpu(), k, num_dims, adaptive
     )
