@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC := $(wildcard pvae tests benchmarks examples)
+SRC := $(wildcard pvae tests benchmarks examples docs)
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench bench-gpu docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,11 @@ bench: $(STAMP)  ## training step, log p(x) and AIS throughput: pvae vs Pyro vs 
 	$(BIN)/python benchmarks/two_layer_step.py
 	$(BIN)/python benchmarks/ais.py
 
+bench-gpu: $(STAMP)  ## on a CUDA machine: step table, a Fashion-MNIST epoch, k=5000 log p(x), DDP (fails fast on CPU)
+	$(BIN)/python benchmarks/gpu.py
+
+docs: $(STAMP)  ## build the documentation site (offline) into docs/_build/html
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache docs/_build

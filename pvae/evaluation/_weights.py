@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,21 +40,114 @@ class WeightSource(Protocol):
     def draw(self, state: Any, c: int) -> Tensor: ...
 
 
+PRECISIONS: Mapping[str | None, str] = {
+    None: "the model's own dtype",
+    "bf16": "the decoder under bfloat16 autocast (log densities in the model's dtype)",
+    "tf32": "float32 matrix products on TF32 tensor cores (CUDA)",
+}
+
+
 class FusedWeights:
     """The fast path for a standard :class:`~pvae.VAE`: encode a block once, then draw chunks
-    (:func:`pvae.objectives.fused.log_weights`, equal to the trace path draw for draw)."""
+    (:func:`pvae.objectives.fused.log_weights`, equal to the trace path draw for draw).
 
-    def __init__(self, vae: VAE) -> None:
+    Args:
+        vae: The VAE.
+        compile: Run each chunk's draw through :func:`torch.compile` (all sizes symbolic, so
+            the last, smaller chunk and block reuse one graph). Falls back to eager with a
+            one-line notice if compilation fails.
+        precision: ``None``, ``"bf16"`` (the decoder, where almost all the work is, under
+            bfloat16 autocast; its output is cast back before the log-likelihood, and the
+            draws, prior and guide densities and accumulators keep the model's dtype) or
+            ``"tf32"`` (CUDA only: float32 matrix products on TF32 tensor cores).
+    """
+
+    def __init__(self, vae: VAE, *, compile: bool = False, precision: str | None = None) -> None:
         self.vae = vae
+        self.precision = precision
+        self.compile = compile
+        self.fallback: str | None = None
+        self._compiled: Any = None
 
     def prepare(self, xb: Tensor, kwargs: Mapping[str, Any]) -> Any:
         return xb, self.vae.encode(xb), self.vae.prior()
 
-    def draw(self, state: Any, c: int) -> Tensor:
+    def _draw(self, xb: Tensor, q: Any, prior: Any, c: int) -> Tensor:
         from pvae.objectives.fused import log_weights
 
+        vae = self.vae
+        if self.precision != "bf16":
+            return log_weights(vae, xb, q, prior, c)[0]
+        z = q.rsample((c,))
+        with torch.autocast(device_type=xb.device.type, dtype=torch.bfloat16):
+            params = vae.decoder(z)
+        log_lik = vae.likelihood.log_prob(params.to(xb.dtype), xb, len(vae.data_shape))
+        return log_lik + prior.log_prob(z) - q.log_prob(z)
+
+    def draw(self, state: Any, c: int) -> Tensor:
+        from pvae.objectives.fused import failure
+
         xb, q, prior = state
-        return log_weights(self.vae, xb, q, prior, c)[0]
+        if not self.compile or self.fallback is not None:
+            return self._draw(xb, q, prior, c)
+        if self._compiled is None:
+            self._compiled = torch.compile(self._draw, dynamic=True)
+            try:
+                return self._compiled(xb, q, prior, c)
+            except Exception as err:
+                out = self._draw(xb, q, prior, c)  # the user's own error raises here
+                self.fallback = failure(err)
+                print(
+                    f"pvae: note: torch.compile is unavailable here ({self.fallback}); "
+                    "estimating eagerly",
+                    file=sys.stderr,
+                )
+                return out
+        return self._compiled(xb, q, prior, c)
+
+
+def check_precision(precision: Any, device: torch.device) -> str | None:
+    """``precision`` if it is one of :data:`PRECISIONS` and applies to ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}"
+        )
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError(
+            f"precision='tf32' selects CUDA's TF32 matrix products; the data are on {device}: "
+            "use precision='bf16' or None there"
+        )
+    return precision
+
+
+def accelerate(target: Target, compile: bool, precision: str | None) -> Target:
+    """``target`` with a compiled and/or reduced-precision fused source; a one-line notice, and
+    the target unchanged, where the log weights come from Pyro traces."""
+    if not compile and precision is None:
+        return target
+    if not isinstance(target.source, FusedWeights):
+        print(
+            "pvae: note: compile and precision apply to the fused path of a standard pvae.VAE; "
+            "this model's log weights come from Pyro traces, computed eagerly in its own dtype",
+            file=sys.stderr,
+        )
+        return target
+    source = FusedWeights(target.source.vae, compile=compile, precision=precision)
+    return dataclasses.replace(target, source=source)
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str | None) -> Iterator[None]:
+    """TF32 matrix products inside the block for ``"tf32"``; the global setting restored."""
+    if precision != "tf32":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 @dataclass
@@ -98,7 +192,7 @@ def split_call(model: Any, x_or_guide: Any, x: Any) -> tuple[Program, Any]:
 
 
 def delta_method(lse: Tensor, lse2: Tensor, k: Tensor | float) -> tuple[Tensor, Tensor]:
-    """The effective sample size and standard error of :math:`\\log \frac1k \\sum_i w_i` from
+    """The effective sample size and standard error of :math:`\\log \\frac1k \\sum_i w_i` from
     :math:`\\log \\sum w` and :math:`\\log \\sum w^2` over k draws (k per datapoint or shared):
     ESS = (Σw)² / Σw² in [1, k] (Kong 1992), s.e. = √((k/ESS − 1)/(k − 1)), NaN for k = 1."""
     kk = torch.as_tensor(k, dtype=lse.dtype, device=lse.device).expand_as(lse)
@@ -294,27 +388,36 @@ def blocks(
     keep: bool,
     seed: int | None = None,
     distributed: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, Tensor, Tensor, Tensor | None]]:
     """Per block of datapoints: its index, the log-sum-exp of w and of w², and the ``(b, k)``
     log weights (when ``keep``).
 
     With ``seed``, block i draws from a generator seeded by (seed, i): the numbers of a datapoint
     then do not depend on which process computes its block. With ``distributed``, this rank
-    computes only the blocks i ≡ rank (mod world size).
+    computes only the blocks i ≡ rank (mod world size). ``progress(done, total)`` is called
+    after each chunk with the (datapoint, draw) pairs done and to do in this process.
     """
     d = dist_info() if distributed else None
     x = target.x
+    n = x.shape[0]
+    mine = [
+        (i, start)
+        for i, start in enumerate(range(0, n, block))
+        if d is None or i % d.world_size == d.rank
+    ]
+    tally = _Tally(sum(min(block, n - start) for _, start in mine) * k, progress)
     # Inputs were checked once in resolve; per-chunk argument validation would only cost time.
     with pyro.validation_enabled(False), param_sites(False):
-        for i, start in enumerate(range(0, x.shape[0], block)):
-            if d is not None and i % d.world_size != d.rank:
-                continue
+        for i, start in mine:
             xb = x[start : start + block]
             with seeded(seed, i, x.device):
                 state = target.source.prepare(xb, target.kwargs_for(start, start + xb.shape[0]))
                 yield (
                     i,
-                    *_block(target.source, state, xb.shape[0], k, chunk, dtype, keep, xb.device),
+                    *_block(
+                        target.source, state, xb.shape[0], k, chunk, dtype, keep, xb.device, tally
+                    ),
                 )
 
 
@@ -327,6 +430,7 @@ def _block(
     dtype: torch.dtype,
     keep: bool,
     device: torch.device,
+    tally: _Tally | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One block of datapoints: k draws each, in chunks, into log-sum-exp accumulators."""
     lse = torch.full((b,), -math.inf, dtype=dtype, device=device)
@@ -339,4 +443,18 @@ def _block(
         lse2 = torch.logaddexp(lse2, (2 * lw).logsumexp(0))
         if kept is not None:
             kept[:, start : start + c] = lw.T
+        if tally is not None:
+            tally.add(b * c)
     return lse, lse2, kept
+
+
+class _Tally:
+    """Counts (datapoint, draw) pairs and tells ``progress(done, total)`` after each chunk."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+
+    def add(self, pairs: int) -> None:
+        self.done += pairs
+        if self.progress is not None:
+            self.progress(self.done, self.total)
