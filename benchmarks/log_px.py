@@ -1,5 +1,6 @@
-"""log p(x) throughput and peak memory: pvae.log_px against a hand-written PyTorch importance
-sampler of the same model (same networks, same chunk sizes), in the same process.
+"""log p(x) throughput and peak memory: pvae.log_px (eager, and compiled with ``compile=True``)
+against a hand-written PyTorch importance sampler of the same model (same networks, same chunk
+sizes).
 
 Model: the 784-200-200-50 tanh MLP VAE with a Bernoulli decoder. Data: Fashion-MNIST test images
 (Debian's files when installed, dynamically binarized once), else random binary images.
@@ -7,9 +8,11 @@ Model: the 784-200-200-50 tanh MLP VAE with a Bernoulli decoder. Data: Fashion-M
     python benchmarks/log_px.py                      # CPU, 200 datapoints, k in 100 1000 5000
     python benchmarks/log_px.py --device cuda --n 10000
     python benchmarks/log_px.py --full               # k=5000 on all 10,000 test images
+    python benchmarks/log_px.py --no-compile         # skip the compiled estimator
 
-Reports datapoints × k per second for each, their ratio (pvae / hand-written time; 1.0 = same
-speed), and peak memory (CUDA: max allocated; CPU: peak RSS growth, measured in a fresh process
+Reports datapoints × k per second for each, their ratios (time / hand-written time; 1.0 = same
+speed), the compiled estimator's first call (compilation included, not in its timing), and
+peak memory (CUDA: max allocated; CPU: peak RSS growth, measured in a fresh process
 per configuration so one run's allocations do not mask another's).
 """
 
@@ -86,8 +89,8 @@ def run_one(impl: str, k: int, n: int, device: torch.device, repeats: int) -> di
     block, chunk = plan(resolve(vae, x, None, None), k, DEFAULT_BUDGET, torch.float64, False)
 
     def go() -> torch.Tensor:
-        if impl == "pvae":
-            return pvae.log_px(vae, x, k=k, khat=False).log_px
+        if impl in ("pvae", "compiled"):
+            return pvae.log_px(vae, x, k=k, khat=False, compile=impl == "compiled").log_px
         return handwritten(vae, x, k, block, chunk)
 
     if device.type == "cuda":
@@ -95,7 +98,9 @@ def run_one(impl: str, k: int, n: int, device: torch.device, repeats: int) -> di
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    go()  # warm-up (counted in the peak: it allocates what later runs reuse)
+    t0 = time.perf_counter()
+    go()  # warm-up (counted in the peak: it allocates what later runs reuse); compiles
+    first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -114,6 +119,7 @@ def run_one(impl: str, k: int, n: int, device: torch.device, repeats: int) -> di
         "k": k,
         "n": n,
         "seconds": t,
+        "first_s": first,
         "pairs_per_s": n * k / t,
         "peak_mb": peak / 2**20,
         "mean_log_px": float(est.mean()),
@@ -129,6 +135,7 @@ def main() -> None:
     p.add_argument("--k", type=int, nargs="+", default=[100, 1000, 5000])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--full", action="store_true", help="k=5000 on all 10,000 test images, once")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled estimator")
     p.add_argument("--one", nargs=2, metavar=("IMPL", "K"), help=argparse.SUPPRESS)
     a = p.parse_args()
     device = torch.device(a.device)
@@ -141,13 +148,19 @@ def main() -> None:
         f"log p(x) on {device}, n={a.n}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
+    impls = ("hand", "pvae") if a.no_compile else ("hand", "pvae", "compiled")
     print(
-        f"{'k':>6} {'pvae pairs/s':>14} {'hand pairs/s':>14} {'ratio':>7} "
-        f"{'pvae MB':>9} {'hand MB':>9}"
+        f"{'k':>6} "
+        + " ".join(f"{i + ' pairs/s':>17}" for i in impls)
+        + " "
+        + " ".join(f"{i + '/hand':>14}" for i in impls[1:])
+        + " "
+        + " ".join(f"{i + ' MB':>12}" for i in impls)
+        + (f" {'compile s':>10}" if "compiled" in impls else "")
     )
     for k in a.k:
         res = {}
-        for impl in ("hand", "pvae"):
+        for impl in impls:
             cmd = [
                 sys.executable,
                 __file__,
@@ -166,10 +179,16 @@ def main() -> None:
                     -1
                 ]
             )
-        ratio = res["pvae"]["seconds"] / res["hand"]["seconds"]
+        hand = res["hand"]["seconds"]
         print(
-            f"{k:>6} {res['pvae']['pairs_per_s']:>14.3g} {res['hand']['pairs_per_s']:>14.3g} "
-            f"{ratio:>7.3f} {res['pvae']['peak_mb']:>9.1f} {res['hand']['peak_mb']:>9.1f}"
+            f"{k:>6} "
+            + " ".join(f"{res[i]['pairs_per_s']:>17.3g}" for i in impls)
+            + " "
+            + " ".join(f"{res[i]['seconds'] / hand:>14.3f}" for i in impls[1:])
+            + " "
+            + " ".join(f"{res[i]['peak_mb']:>12.1f}" for i in impls)
+            + (f" {res['compiled']['first_s']:>10.1f}" if "compiled" in impls else ""),
+            flush=True,
         )
 
 

@@ -1,8 +1,10 @@
-"""Training speed: pvae against plain Pyro SVI (as in Pyro's VAE example) and a hand-written
-PyTorch loop, in one process, on the same 784-200-200-50 tanh MLP VAE with a Bernoulli decoder.
+"""Training speed: pvae (eager fused path, and compiled with ``compile=True``) against plain
+Pyro SVI (as in Pyro's VAE example) and a hand-written eager PyTorch loop, in one process, on the
+same 784-200-200-50 tanh MLP VAE with a Bernoulli decoder.
 
     python benchmarks/train_step.py                    # CPU, batches 20 128 1000
     python benchmarks/train_step.py --device cuda
+    python benchmarks/train_step.py --no-compile       # skip the compiled column
     python benchmarks/train_step.py --epoch            # also one Fashion-MNIST epoch each
 
 Per-step time is the median over interleaved repeats of a fixed number of steps on one fixed
@@ -10,6 +12,9 @@ minibatch (no data handling); the ratio is time / hand-written time (1.0 = same 
 hand-written step computes the same math: reparameterized draw, Bernoulli log-likelihood,
 analytic Gaussian KL, Adam. Every implementation uses the same Adam implementation (foreach where
 torch supports it), so the ratios measure framework overhead, not optimizer choice.
+
+The compiled step is built once and serves every batch size (the batch dimension is dynamic);
+its compilation time (first step) is printed separately and not in the per-step figures.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
 import pvae
-from pvae.training.step import StepOptions, make_loss, make_optimizer
+from pvae.training.step import StepOptions, TrainStep, make_loss, make_optimizer
 
 LATENT = 50
 
@@ -59,15 +64,25 @@ def update(opt: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
     return loss.detach()
 
 
-def pvae_step(device: torch.device, n: int):
+def pvae_step(device: torch.device, n: int, compile: bool = False):
     vae = make_vae(device)
-    loss_fn = make_loss(vae, StepOptions(objective="meanfield_elbo"))
+    loss_fn = make_loss(vae, StepOptions(objective="meanfield_elbo", compile=compile), quiet=True)
     opt = make_optimizer("adam", vae.parameters(), 1e-3, None)
 
     def step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return update(opt, loss_fn(x, idx, n))
 
     return step, vae
+
+
+def compiled_step(device: torch.device, n: int):
+    """pvae's training step with ``compile=True`` (``fit(compile=True)``): the fused loss and its
+    gradient, and Adam's update, each through torch.compile (compiled on the first steps)."""
+    vae = make_vae(device)
+    step = TrainStep(
+        vae, StepOptions(objective="meanfield_elbo", compile=True), device, None, 0, quiet=True
+    )
+    return (lambda x, idx: step(x, idx, n)), vae
 
 
 def hand_step(device: torch.device, n: int):
@@ -142,13 +157,28 @@ def time_interleaved(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def per_step(device: torch.device, batch: int, steps: int, repeats: int) -> dict[str, float]:
+def make_impls(device: torch.device, compile: bool) -> dict:
+    makers = [("hand", hand_step), ("pvae", pvae_step), ("pyro", pyro_step)]
+    if compile:
+        makers.append(("compiled", compiled_step))
+    return {name: make(device, 60_000)[0] for name, make in makers}
+
+
+def first_step_seconds(step, batch: int, device: torch.device) -> float:
+    """Wall time of the first two steps (for the compiled step: compilation of the loss and
+    gradient, then of Adam's update)."""
+    x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        step(x, torch.arange(batch, device=device))
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def per_step(impls: dict, device: torch.device, batch: int, steps: int, repeats: int) -> dict:
     x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
     idx = torch.arange(batch, device=device)
-    impls = {
-        name: make(device, 60_000)[0]
-        for name, make in (("hand", hand_step), ("pvae", pvae_step), ("pyro", pyro_step))
-    }
     return time_interleaved(impls, x, idx, steps, repeats)
 
 
@@ -179,6 +209,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batches", type=int, nargs="+", default=[20, 128, 1000])
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled pvae column")
     p.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch")
     a = p.parse_args()
     device = torch.device(a.device)
@@ -186,16 +217,25 @@ def main() -> None:
         f"training step on {device}, torch {torch.__version__}, pyro {pyro.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
+    impls = make_impls(device, not a.no_compile)
+    if "compiled" in impls:
+        sec = first_step_seconds(impls["compiled"], a.batches[0], device)
+        print(f"compiled pvae step: first two steps (compilation included) {sec:.1f} s")
+    cols = [c for c in ("pvae", "compiled", "pyro") if c in impls]
     print(
-        f"{'batch':>6} {'hand ms':>9} {'pvae ms':>9} {'pyro ms':>9} {'pvae/hand':>10} "
-        f"{'pyro/hand':>10}"
+        f"{'batch':>6} {'hand ms':>9} "
+        + " ".join(f"{c + ' ms':>12}" for c in cols)
+        + " "
+        + " ".join(f"{c + '/hand':>14}" for c in cols)
     )
     for b in a.batches:
         steps = 40 if b <= 128 else 10
-        t = per_step(device, b, steps, a.repeats)
+        t = per_step(impls, device, b, steps, a.repeats)
         print(
-            f"{b:>6} {1e3 * t['hand']:>9.3f} {1e3 * t['pvae']:>9.3f} {1e3 * t['pyro']:>9.3f} "
-            f"{t['pvae'] / t['hand']:>10.3f} {t['pyro'] / t['hand']:>10.3f}",
+            f"{b:>6} {1e3 * t['hand']:>9.3f} "
+            + " ".join(f"{1e3 * t[c]:>12.3f}" for c in cols)
+            + " "
+            + " ".join(f"{t[c] / t['hand']:>14.3f}" for c in cols),
             flush=True,
         )
     if a.epoch:

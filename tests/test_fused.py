@@ -168,3 +168,28 @@ def test_fused_log_px_equals_the_trace_path_over_the_zoo(component, float64):
     b = pvae.bounds(vae, x, ks=(1, 8, 64), seed=3, fast=False)
     for k in (1, 8, 64):
         assert a.iwae[k] == pytest.approx(b.iwae[k], rel=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["elbo", "meanfield_elbo"])
+@pytest.mark.parametrize("prior", ["standard_normal", "mog"])
+@pytest.mark.parametrize(("beta", "free_bits"), [(0.3, 0.0), (1.0, 1e6), (0.7, 1e-6)])
+def test_tensor_weight_equals_the_float_weight(kind, prior, beta, free_bits, float64):
+    """The compiled path's KL weight (a tensor: β, or 0 selected on the device while free bits
+    hold) gives the loss and gradients of the float weight Pyro's scale uses, for the same draws
+    (the free-bits decision draws from q first in both)."""
+    vae = small(prior)
+    vae.beta, vae.free_bits = beta, free_bits
+    x = X.double()
+    fo = FusedObjective(kind)
+    fo.prime(vae, x)
+    a, ga = loss_and_grads(lambda: fo.loss(vae, x, 60), vae)
+    b, gb = loss_and_grads(
+        lambda: fo.raw_loss(vae, x, 60, torch.tensor(beta, dtype=torch.float64)), vae
+    )
+    # A masked KL leaves parameters out of the float path's graph; the tensor path multiplies
+    # the term by 0: the same (zero) gradient.
+    gb = [
+        None if u is None and v is not None and not v.any() else v
+        for u, v in zip(ga, gb, strict=True)
+    ]
+    assert_same(a, ga, b, gb)

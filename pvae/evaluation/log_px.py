@@ -27,7 +27,7 @@ Log-sum-exp accumulators make the result exact under chunking and stable for log
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +38,13 @@ from pvae.distributed import gather_blocks
 from pvae.evaluation._psis import KHAT_LIMIT, pareto_khat
 from pvae.evaluation._weights import (
     DEFAULT_BUDGET,
+    Target,
+    accelerate,
     blocks,
     check_k,
+    check_precision,
     delta_method,
+    matmul_precision,
     plan,
     resolve,
 )
@@ -169,6 +173,9 @@ def log_px(
     fast: bool = True,
     max_k: int | None = None,
     target_se: float | None = None,
+    compile: bool = False,
+    precision: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LogPxEstimate:
     """Estimate log p(x) for every datapoint in ``x`` by importance sampling from the guide.
 
@@ -202,6 +209,18 @@ def log_px(
             64 × k when only ``target_se`` is given.
         target_se: With the adaptive mode, also draw until each datapoint's s.e. is at most
             this many nats.
+        compile: Compile the inner loop (each chunk's draws, decoder pass and log densities;
+            the encoder runs once per block) with :func:`torch.compile`, sizes symbolic so that
+            one graph serves every chunk and block. Fused path only; where compilation fails the
+            estimate runs eagerly after a one-line notice.
+        precision: ``None`` (the model's dtype), ``"bf16"`` (the decoder under bfloat16
+            autocast: on an accelerator about twice the throughput; the log densities and
+            accumulators keep the model's dtype) or ``"tf32"`` (CUDA only: TF32 matrix
+            products). The change in log p(x) is a systematic one, not Monte Carlo noise:
+            compare it with ``se`` on your model before relying on it (on the tests' model,
+            bf16 moves the mean log p(x) by less than its s.e.). Fused path only.
+        progress: Called after each chunk of draws as ``progress(done, total)``, in
+            (datapoint, draw) pairs of this process; in the adaptive mode once, at the end.
 
     Returns:
         A :class:`LogPxEstimate`.
@@ -220,7 +239,32 @@ def log_px(
         (torch.Size([3]), True)
     """
     k = check_k(k)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable (done, total) or None, got {progress!r}")
     target = resolve(model, x_or_guide, x, kwargs, fast=fast)
+    precision = check_precision(precision, target.x.device)
+    target = accelerate(target, compile, precision)
+    with matmul_precision(precision):
+        return _estimate(
+            target, k, memory_budget, dtype, khat, seed, distributed, max_k, target_se, progress
+        )
+
+
+def _estimate(
+    target: Target,
+    k: int,
+    memory_budget: int,
+    dtype: torch.dtype,
+    khat: bool,
+    seed: int | None,
+    distributed: bool,
+    max_k: int | None,
+    target_se: float | None,
+    progress: Callable[[int, int], None] | None,
+) -> LogPxEstimate:
+    """:func:`log_px` on a resolved target."""
     if max_k is not None or target_se is not None:
         if distributed or not khat:
             raise ValueError(
@@ -230,10 +274,15 @@ def log_px(
         lse, lse2, kh, k_used, report = adaptive_weights(
             target, k, 64 * k if max_k is None else max_k, target_se, memory_budget, dtype, seed
         )
+        if progress is not None:
+            drawn = int(k_used.sum())
+            progress(drawn, drawn)
         return _finish(lse, lse2, kh, k, target.num_dims, k_used, report)
     block, chunk = plan(target, k, memory_budget, dtype, keep=khat)
     parts: dict[int, Tensor] = {}
-    for i, lse, lse2, kept in blocks(target, k, block, chunk, dtype, khat, seed, distributed):
+    for i, lse, lse2, kept in blocks(
+        target, k, block, chunk, dtype, khat, seed, distributed, progress
+    ):
         kh = (
             torch.from_numpy(pareto_khat(kept.cpu().numpy())).to(lse)
             if kept is not None

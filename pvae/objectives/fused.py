@@ -15,10 +15,17 @@ What it skips is the per-step work of tracing: poutine messengers, site bookkeep
 broadcasting and repeated argument validation (the data and shapes are checked once before
 training). A VAE whose ``model`` or ``guide`` is overridden is not this structure: :func:`fit`
 then uses Pyro's objectives and says so once.
+
+:class:`CompiledObjective` runs the same expressions through :func:`torch.compile` (TorchInductor;
+on CUDA with CUDA graphs, ``mode="reduce-overhead"``): one graph per run for the loss and its
+backward, the batch dimension symbolic so that a ragged last batch reuses it, the KL weight a
+tensor input so that β warm-up and free bits neither recompile nor synchronize with the host.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import pyro
@@ -29,7 +36,7 @@ from torch.distributions import kl_divergence
 from pvae.model import VAE
 from pvae.objectives.iwae import ESTIMATORS, iwae_loss
 
-__all__ = ["FusedObjective", "log_weights", "supports"]
+__all__ = ["CompiledObjective", "FusedObjective", "compile_mode", "log_weights", "supports"]
 
 
 def supports(vae: VAE) -> str | None:
@@ -82,15 +89,25 @@ class FusedObjective:
         self.vectorize = vectorize or kind == "iwae"
         self.estimator = estimator
         self._analytic: bool | None = None
+        self._closed_kl: bool | None = None
 
-    def _elbo_particle(self, vae: VAE, x: Tensor, q, prior, shape: tuple[int, ...]) -> Tensor:
-        """Sum over the minibatch of one (or a batch of) ELBO particles."""
+    def _elbo_particle(
+        self, vae: VAE, x: Tensor, q: Any, prior: Any, shape: tuple[int, ...], beta: Tensor | None
+    ) -> Tensor:
+        """Sum over the minibatch of one (or a batch of) ELBO particles.
+
+        ``beta`` ``None``: the latent weight is :meth:`VAE.kl_scale` (a float, as Pyro's scale);
+        a tensor: the compiled path's weight (:meth:`_tensor_weight`).
+        """
         # As in VAE.guide: the latent weight is decided (free bits may draw from q) before z.
-        w = vae.kl_scale(q)
-        vae._scale = w
+        if beta is None:
+            w: float | Tensor = vae.kl_scale(q)
+            vae._scale = w
+        else:
+            w = self._tensor_weight(vae, q, beta)
         z = q.rsample(shape)
         recon = vae.log_likelihood(z, x)
-        if w == 0:  # masked latent sites, as poutine.mask does: no KL term at all
+        if isinstance(w, float | int) and w == 0:  # masked latent sites, as poutine.mask does
             return recon.sum()
         if self.kind == "meanfield_elbo" and self._analytic is not False:
             try:
@@ -101,20 +118,63 @@ class FusedObjective:
                 self._analytic = False
         return recon.sum() + w * (prior.log_prob(z) - q.log_prob(z)).sum()
 
+    def _tensor_weight(self, vae: VAE, q: Any, beta: Tensor) -> Tensor:
+        r""":meth:`VAE.kl_scale` as a tensor: β, or 0 while free bits hold the minibatch-mean KL
+        below ``free_bits × latent_dim``, selected on the device (no host synchronization).
+
+        With weight 0 the KL term is multiplied by 0 rather than left out: the same loss and the
+        same (zero) KL gradient as the masked site, for a finite KL.
+        """
+        if vae.free_bits <= 0:
+            return beta
+        with torch.no_grad():
+            prior = vae.prior()
+            if self._closed_kl:
+                kl = kl_divergence(q, prior)
+            else:
+                z = q.sample()
+                kl = q.log_prob(z) - prior.log_prob(z)
+            hold = kl.mean() < vae.free_bits * vae.latent_dim
+        return torch.where(hold, torch.zeros_like(beta), beta)
+
     def loss(self, vae: VAE, x: Tensor, size: int) -> Tensor:
         """The differentiable loss; equals Pyro's ``differentiable_loss`` for the same draws."""
-        scale = size / x.shape[0]
         with pyro.validation_enabled(False):
-            q = vae.encode(x)
-            prior = vae.prior()
-            if self.kind == "iwae":
-                return self._iwae(vae, x, q, prior, scale)
-            p = self.num_particles
-            if self.vectorize:
-                total = self._elbo_particle(vae, x, q, prior, (p,) if p > 1 else ())
-            else:
-                total = sum(self._elbo_particle(vae, x, q, prior, ()) for _ in range(p))
-            return -scale * total / p
+            return self.raw_loss(vae, x, size)
+
+    def raw_loss(self, vae: VAE, x: Tensor, size: int, beta: Tensor | None = None) -> Tensor:
+        """:meth:`loss` without switching Pyro's validation off (the caller does, outside a
+        compiled region: the switch sets a class attribute, which :func:`torch.compile` cannot
+        trace), with the KL weight ``beta`` as a tensor when given (see :meth:`_tensor_weight`).
+        """
+        scale = size / x.shape[0]
+        q = vae.encode(x)
+        prior = vae.prior()
+        if self.kind == "iwae":
+            return self._iwae(vae, x, q, prior, scale)
+        p = self.num_particles
+        if self.vectorize:
+            total = self._elbo_particle(vae, x, q, prior, (p,) if p > 1 else (), beta)
+        else:
+            total = self._elbo_particle(vae, x, q, prior, (), beta)
+            for _ in range(p - 1):  # a loop, not sum(generator): dynamo traces it in one graph
+                total = total + self._elbo_particle(vae, x, q, prior, (), beta)
+        return -scale * total / p
+
+    def prime(self, vae: VAE, x: Tensor) -> None:
+        """Decide, eagerly and once, what a compiled region must not look up: whether
+        KL(q ‖ p) has a closed form for this guide/prior pair (the KL registry's dispatch is
+        memoized here, so the compiled code only reads the memo)."""
+        with torch.no_grad(), pyro.validation_enabled(False):
+            q, prior = vae.encode(x[:2]), vae.prior()
+            try:
+                kl_divergence(q, prior)
+                closed = True
+            except NotImplementedError:
+                closed = False
+        self._closed_kl = closed
+        if self.kind == "meanfield_elbo":
+            self._analytic = closed
 
     def _iwae(self, vae: VAE, x: Tensor, q, prior, scale: float) -> Tensor:
         fixed_q = None
@@ -123,3 +183,148 @@ class FusedObjective:
             fixed_q = torch.func.functional_call(vae.encoder, fixed, (x,))
         lw, z = log_weights(vae, x, q, prior, self.num_particles, fixed_q)
         return iwae_loss(lw, scale, self.estimator, (z,))
+
+
+def compile_mode(device: torch.device) -> str | None:
+    """The :func:`torch.compile` mode for a step on ``device``: ``"reduce-overhead"`` (CUDA
+    graphs: a step of a small VAE is launch-bound on a GPU) on CUDA, Inductor's default
+    elsewhere."""
+    return "reduce-overhead" if device.type == "cuda" else None
+
+
+def failure(err: BaseException) -> str:
+    """One line naming why compilation failed: the exception's type and first line."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
+def _graphs() -> int:
+    """Graphs Dynamo has compiled in this process (forward graphs; each carries its backward)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+class CompiledObjective:
+    r"""A :class:`FusedObjective` of one VAE compiled with :func:`torch.compile`: the loss *per
+    datapoint* of a minibatch, ``objective.loss(vae, x, size) / size``, and its gradient.
+
+    The same expressions as the eager fast path, in one graph (checked with
+    ``torch._dynamo.explain``): Pyro's validation switch and the KL registry's dispatch are
+    settled outside it (:meth:`FusedObjective.prime`), the KL weight β enters as a tensor so
+    warm-up does not recompile, free bits become an on-device select, and the batch dimension is
+    marked dynamic so a ragged last batch (of any size ≥ 2) reuses the graph. Random draws come
+    from Inductor's generator: the same distribution as eager, not the same numbers (set
+    ``torch._inductor.config.fallback_random = True`` for bit-comparable draws).
+
+    Compilation happens on the first call. If it fails (no compiler, an unsupported platform or
+    Python version), the objective says so once on stderr and runs eagerly from then on; the
+    first call's wall time, compilation included, is kept in :attr:`compile_seconds`.
+
+    Args:
+        objective: The fused objective.
+        vae: The VAE it trains.
+        mode: :func:`torch.compile` mode; ``"auto"`` picks :func:`compile_mode` for the data's
+            device at the first call.
+        backend: :func:`torch.compile` backend (``"inductor"``; ``"aot_eager"`` for tests).
+        quiet: Print no notices.
+
+    Attributes:
+        compile_seconds: Wall time of the first call (compilation plus one forward), or
+            ``None`` before it.
+        graphs: Graphs compiled by the calls so far (1 for a run, recompilations included).
+        fallback: Why it runs eagerly, or ``None`` while it runs compiled.
+
+    Example:
+        >>> import torch, pvae
+        >>> from pvae.objectives.fused import CompiledObjective, FusedObjective
+        >>> vae = pvae.VAE(pvae.priors.StandardNormal(2), data_shape=(4,), hidden=(8,))
+        >>> obj = CompiledObjective(FusedObjective("meanfield_elbo"), vae, backend="eager")
+        >>> obj(torch.ones(5, 4), 50).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        objective: FusedObjective,
+        vae: VAE,
+        *,
+        mode: str | None = "auto",
+        backend: str = "inductor",
+        quiet: bool = False,
+    ) -> None:
+        if not isinstance(objective, FusedObjective):
+            raise TypeError(f"objective must be a FusedObjective, got {type(objective).__name__}")
+        self.objective = objective
+        self.vae = vae
+        self.mode = mode
+        self.backend = backend
+        self.quiet = quiet
+        self.compile_seconds: float | None = None
+        self.graphs = 0
+        self.fallback: str | None = None
+        self._fn: Any = None
+        self._beta: Tensor | None = None
+        self._cuda_graphs = False
+        self.mode_used: str | None = None
+
+    def _body(self, x: Tensor, size: int, beta: Tensor) -> Tensor:
+        return self.objective.raw_loss(self.vae, x, size, beta) / size
+
+    def _build(self, x: Tensor) -> None:
+        mode = compile_mode(x.device) if self.mode == "auto" else self.mode
+        self.mode_used = mode
+        self._cuda_graphs = mode in ("reduce-overhead", "max-autotune")  # modes with CUDA graphs
+        self.objective.prime(self.vae, x)
+        kwargs: dict[str, Any] = {"backend": self.backend}
+        if self.backend == "inductor" and mode is not None:
+            kwargs["mode"] = mode
+        self._fn = torch.compile(self._body, **kwargs)
+
+    def _weight(self, x: Tensor) -> Tensor:
+        """β as a 0-d tensor on the data's device, refilled only when β changes."""
+        beta = float(self.vae.beta)
+        buf = self._beta
+        if buf is None or buf.device != x.device or buf.dtype != x.dtype:
+            buf = self._beta = torch.tensor(beta, dtype=x.dtype, device=x.device)
+            self._beta_value = beta
+        elif beta != self._beta_value:
+            buf.fill_(beta)
+            self._beta_value = beta
+        return buf
+
+    def _eager(self, x: Tensor, size: int) -> Tensor:
+        return self.objective.loss(self.vae, x, size) / size
+
+    def __call__(self, x: Tensor, size: int) -> Tensor:
+        """The loss per datapoint of minibatch ``x`` out of ``size`` datapoints."""
+        if self.fallback is not None:
+            return self._eager(x, size)
+        first = self._fn is None
+        t0 = time.perf_counter()
+        try:
+            if first:
+                self._build(x)
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            if self._cuda_graphs:  # a new step: earlier graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            before = _graphs()
+            with pyro.validation_enabled(False):
+                out = self._fn(x, size, self._weight(x))
+            self.graphs += _graphs() - before
+        except Exception as err:
+            if not first:
+                raise
+            # A compiler failure, or the user's own error: eager raises the latter as usual.
+            out = self._eager(x, size)
+            self.fallback = failure(err)
+            if not self.quiet:
+                print(
+                    f"pvae: note: torch.compile is unavailable here ({self.fallback}); "
+                    "training eagerly on the fused path",
+                    file=sys.stderr,
+                )
+            return out
+        if first:
+            self.compile_seconds = time.perf_counter() - t0
+        return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from pvae.training.divergence import raise_if_diverged
 
 __all__ = [
     "OPTIMIZERS",
+    "CompiledLoss",
     "LossFn",
     "Objective",
     "StepOptions",
@@ -69,6 +71,10 @@ class StepOptions:
     """How each step computes its loss and updates the parameters (see :func:`pvae.fit`).
 
     Checked on construction; ``elbo`` is the Pyro objective built from the first four fields.
+    ``compile`` runs the fused objective through :func:`torch.compile`
+    (:class:`~pvae.objectives.fused.CompiledObjective`; CUDA graphs on a GPU); it applies to a
+    standard :class:`~pvae.VAE` on the fused path and falls back to eager, with a one-line
+    notice, elsewhere.
     """
 
     objective: str | pyro.infer.ELBO = "meanfield_elbo"
@@ -82,6 +88,7 @@ class StepOptions:
     beta: float = 1.0
     warmup_steps: int = 0
     free_bits: float = 0.0
+    compile: bool = False
     elbo: pyro.infer.ELBO = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +101,8 @@ class StepOptions:
         )
         self.beta = positive_float("beta", self.beta, allow_zero=True)
         self.free_bits = positive_float("free_bits", self.free_bits, allow_zero=True)
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be True or False, got {self.compile!r}")
         w = self.warmup_steps
         if isinstance(w, bool) or not isinstance(w, int) or w < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {w!r}")
@@ -165,11 +174,24 @@ def make_loss(
             keyword argument ``y`` (a conditional model, :func:`check_takes_labels`).
     """
     elbo = opts.elbo
+    say = (
+        (lambda msg: None) if quiet else (lambda msg: print(f"pvae: note: {msg}", file=sys.stderr))
+    )
     if labels is not None:
+        if opts.compile:
+            say(
+                "compile applies to a standard VAE on the fused path; a conditional model "
+                "trains eagerly"
+            )
         return lambda x, idx, n: (
             elbo.differentiable_loss(module.model, module.guide, x, y=labels[idx]) / x.shape[0]
         )
     if not isinstance(module, VAE):
+        if opts.compile:
+            say(
+                f"compile applies to a standard pvae.VAE on the fused path; a "
+                f"{type(module).__name__} trains eagerly through Pyro"
+            )
         return lambda x, idx, n: (
             elbo.differentiable_loss(module.model, module.guide, x) / x.shape[0]
         )
@@ -179,16 +201,35 @@ def make_loss(
             fo = fused.FusedObjective(
                 opts.objective, opts.num_particles, opts.vectorize_particles, opts.estimator
             )
+            if opts.compile:
+                return CompiledLoss(fused.CompiledObjective(fo, module, quiet=quiet))
             return lambda x, idx, n: fo.loss(module, x, n) / n
-        if not quiet:
-            print(
-                f"pvae: note: {reason}; training through Pyro's {type(elbo).__name__} "
-                "(the fast path handles the standard VAE model/guide only)",
-                file=sys.stderr,
+        say(
+            f"{reason}; training through Pyro's {type(elbo).__name__} "
+            "(the fast path handles the standard VAE model/guide only)"
+            + (
+                "; compile applies to the fast path only, so it trains eagerly"
+                if opts.compile
+                else ""
             )
+        )
+    elif opts.compile:
+        why = "fast=False" if not opts.fast else "a Pyro ELBO instance as the objective"
+        say(f"compile applies to the fused path, which {why} turns off; training eagerly")
     return lambda x, idx, n: (
         elbo.differentiable_loss(module.model, module.guide, x, size=n, subsample=idx) / n
     )
+
+
+class CompiledLoss:
+    """A :data:`LossFn` over a :class:`~pvae.objectives.fused.CompiledObjective` (``idx`` unused:
+    the fused path needs only the minibatch and N)."""
+
+    def __init__(self, compiled: fused.CompiledObjective) -> None:
+        self.compiled = compiled
+
+    def __call__(self, x: Tensor, idx: Tensor, n: int) -> Tensor:
+        return self.compiled(x, n)
 
 
 def notice_monte_carlo_kl(module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor) -> None:
@@ -294,7 +335,11 @@ class TrainStep:
         self.module = module
         self.opts = opts
         self.steps = 0
-        self.engine: nn.Module = Objective(module, make_loss(module, opts, quiet, labels))
+        loss = make_loss(module, opts, quiet, labels)
+        self.compiled = loss.compiled if isinstance(loss, CompiledLoss) else None
+        self.compile_seconds: float | None = None
+        self.quiet = quiet
+        self.engine: nn.Module = Objective(module, loss)
         if d is not None:
             # DDP averages gradients over ranks; each rank's loss is a per-datapoint mean over
             # its b datapoints, so the average is the gradient of the global batch of
@@ -309,6 +354,13 @@ class TrainStep:
             opts.optimizer, module.parameters(), opts.lr, opts.clip_norm
         )
         self._weighted = kl_weighted(module)
+        # Adam's update compiled too (measured: 8% of a 784-200-200-50 step at batch 128 on a
+        # CPU core, for ~13 s of compilation); Pyro's ClippedAdam stays eager.
+        self._opt_state = (
+            "eager-first" if self.compiled is not None and opts.optimizer == "adam" else "eager"
+        )
+        self._opt_step: Callable[[], Any] = self.optimizer.step
+        self._compiling_for = 0.0
 
     def __call__(self, x: Tensor, idx: Tensor, n: int) -> Tensor:
         """Update on minibatch ``x`` (indices ``idx`` of ``n``); return its summed loss."""
@@ -316,14 +368,80 @@ class TrainStep:
         if self._weighted:
             self.module.beta = kl_weight(self.steps, opts.beta, opts.warmup_steps)
             self.module.free_bits = opts.free_bits
+        timed = self.compiled is not None and self.compile_seconds is None
+        if timed:
+            t0 = time.perf_counter()
         loss = self.engine(x, idx, n)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opts.clip_norm is not None and opts.optimizer == "adam":
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), opts.clip_norm)
-        self.optimizer.step()
+        self._optimizer_step()
         self.steps += 1
-        return loss.detach() * x.shape[0]
+        # Copied out of the graph's memory: CUDA graphs reuse their outputs at the next replay.
+        out = loss.detach() * x.shape[0]
+        if timed:
+            if x.device.type == "cuda":  # the compiled kernels ran asynchronously
+                torch.cuda.synchronize(x.device)
+            self._report_compile(time.perf_counter() - t0)
+        return out
+
+    def _optimizer_step(self) -> None:
+        """The optimizer's update; with ``compile``, Adam's update through :func:`torch.compile`
+        from the second step on (the first, eager, creates the state the graph then reads).
+
+        The compiled update takes its bias correction from Adam's step counter tensor (float32
+        unless the default dtype was float64 when the optimizer was made), where eager Adam uses
+        a Python float: the two agree to that precision, not bit for bit.
+        """
+        if self._opt_state == "eager-first":
+            self.optimizer.step()
+            c = self.compiled
+            if c is not None and c.fallback is None:
+                self._opt_step = torch.compile(self.optimizer.step, backend=c.backend)
+                self._opt_state = "compiling"
+            else:
+                self._opt_state = "eager"
+            return
+        if self._opt_state == "compiling":
+            try:
+                self._opt_step()
+            except Exception as err:
+                if not self.quiet:
+                    print(
+                        f"pvae: note: the optimizer step does not compile here "
+                        f"({fused.failure(err)}); it runs eagerly",
+                        file=sys.stderr,
+                    )
+                self._opt_step = self.optimizer.step
+                self._opt_state = "eager"
+                self._opt_step()
+                return
+            self._opt_state = "compiled"
+            return
+        self._opt_step()
+
+    def _report_compile(self, seconds: float) -> None:
+        """Keep, and say once, how long compilation took: the first step (loss and gradient
+        graphs compiled) plus, when Adam's update is compiled, the second."""
+        self._compiling_for += seconds
+        if self._opt_state in ("compiling", "eager-first"):  # the update compiles next step
+            return
+        self.compile_seconds = self._compiling_for
+        c = self.compiled
+        if c is None or c.fallback is not None or self.quiet:
+            return
+        what = (
+            "loss, gradient and Adam update"
+            if self._opt_state == "compiled"
+            else "loss and gradient"
+        )
+        print(
+            f"pvae: compiled the training step ({what}) in {self.compile_seconds:.1f} s "
+            f"(torch.compile, {c.backend}, mode={c.mode_used or 'default'}; the first steps, "
+            "compilation included)",
+            file=sys.stderr,
+        )
 
     def unweight(self) -> None:
         """Make the module the plain model again (β = 1, no free bits)."""
