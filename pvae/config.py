@@ -2,8 +2,16 @@
 that turn names into components. This is the only place names become objects.
 
 Sections: ``data``, ``model`` (with component tables ``prior``, ``likelihood``, ``encoder``,
-``decoder``, ``guide``: each ``{name = "...", <keyword arguments>}``), ``train`` and ``eval``.
-Unknown keys, names and keyword arguments raise ``ValueError`` listing the valid ones.
+``decoder``, ``guide``: each ``{name = "...", <keyword arguments>}``), ``train``, ``eval`` and
+``log``. Unknown keys, names and keyword arguments raise ``ValueError`` listing the valid ones.
+
+``[log]`` says what a run reports while it trains (see :class:`LogConfig`)::
+
+    [log]
+    csv = true           # RUN/metrics.csv, one row per epoch
+    tensorboard = false  # RUN/tensorboard/ (needs: pip install tensorboard)
+    every = 30.0         # seconds between progress lines when stderr is not a terminal
+    quiet = false        # no progress, no per-epoch lines, no summary
 
 ``[model]`` describes one of three kinds of model:
 
@@ -113,7 +121,11 @@ def _table(name: str, **kw: Any) -> Callable[[], dict[str, Any]]:
 
 @dataclass
 class DataConfig:
-    """``[data]``: which dataset, how to binarize it, how to split it."""
+    """``[data]``: which dataset, how to binarize it, how to split it.
+
+    ``val_fraction`` is the share of the training data held out for validation; 0 trains on all
+    of it (no validation ELBO per epoch: the run reports the training objective only).
+    """
 
     name: str = "digits"
     binarize: str = "dynamic"
@@ -164,7 +176,12 @@ def _keys(section_cls: type) -> dict[str, str]:
 
 @dataclass
 class TrainConfig:
-    """``[train]``: objective, optimizer and loop settings."""
+    """``[train]``: objective, optimizer and loop settings.
+
+    ``compile = true`` compiles the fused training step with :func:`torch.compile`
+    (:func:`pvae.fit`'s ``compile``); off by default, since compilation costs more than it
+    saves on short runs.
+    """
 
     objective: str = "meanfield_elbo"
     num_particles: int = 1
@@ -182,6 +199,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    compile: bool = False
     labels: bool | None = field(default=None, metadata=_OPTIONAL)
 
 
@@ -190,11 +208,30 @@ class EvalConfig:
     """``[eval]``: evaluation settings."""
 
     k: int = 5000
-    num_samples: int = 1
+    num_samples: int = 100
     batch_size: int = 1024
     curve_ks: list[int] = field(default_factory=lambda: [5, 500])
     curve_every: int = 10
     curve_subset: int = 256
+
+
+@dataclass
+class LogConfig:
+    """``[log]``: what a run reports while it trains (on the main process of a distributed job).
+
+    Attributes:
+        csv: Write ``RUN/metrics.csv``, one row per epoch (:class:`~pvae.training.CSVLogger`).
+        tensorboard: Write TensorBoard scalars to ``RUN/tensorboard/``
+            (:class:`~pvae.training.TensorBoardLogger`; needs ``pip install tensorboard``).
+        every: Seconds between the plain progress lines when stderr is not a terminal (a
+            SLURM or nohup log); on a terminal the bar is redrawn in place instead.
+        quiet: Nothing but errors: no progress, no per-epoch lines, no closing summary.
+    """
+
+    csv: bool = True
+    tensorboard: bool = False
+    every: float = 30.0
+    quiet: bool = False
 
 
 @dataclass
@@ -205,6 +242,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested dicts keyed as in TOML; optional keys that are unset are left out."""
@@ -259,6 +297,7 @@ class Config:
         if d.name not in datasets.DATASETS:
             lookup("dataset", datasets.DATASETS, d.name)
         one_of("data.binarize", d.binarize, datasets.BINARIZE)
+        datasets.check_fractions(d.val_fraction, d.test_fraction, prefix="data.")
         _validate_model(m, t)
         for kind, reg in (
             ("prior", PRIORS),
@@ -289,6 +328,16 @@ class Config:
         positive_float("train.free_bits", t.free_bits, allow_zero=True)
         if t.labels is not None and not isinstance(t.labels, bool):
             raise TypeError(f"train.labels must be true or false, got {t.labels!r}")
+        for key, value in (
+            ("train.progress", t.progress),
+            ("train.compile", t.compile),
+            ("log.csv", self.log.csv),
+            ("log.tensorboard", self.log.tensorboard),
+            ("log.quiet", self.log.quiet),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(f"{key} must be true or false, got {value!r}")
+        positive_float("log.every", self.log.every, allow_zero=True)
         if (
             isinstance(t.warmup_steps, bool)
             or not isinstance(t.warmup_steps, int)

@@ -104,7 +104,9 @@ class Split:
 
 @dataclass
 class DataSplits:
-    """Train, validation and test splits of one dataset."""
+    """Train, validation and test splits of one dataset. ``val`` is empty (no datapoints, the
+    data's shape) when the data were loaded with ``val_fraction=0``; :func:`pvae.fit` then
+    trains on every training datapoint and validates nothing."""
 
     name: str
     train: Split
@@ -276,6 +278,20 @@ def _as_float(name: str, a: Any) -> Tensor:
     return t
 
 
+def check_fractions(val_fraction: Any, test_fraction: Any, prefix: str = "") -> None:
+    """Raise unless ``val_fraction`` is in [0, 1) and ``test_fraction`` in (0, 1) (``prefix``
+    names where they came from, e.g. ``"data."``)."""
+    for name, frac, zero_ok in (
+        ("val_fraction", val_fraction, True),
+        ("test_fraction", test_fraction, False),
+    ):
+        if isinstance(frac, bool) or not isinstance(frac, int | float):
+            raise TypeError(f"{prefix}{name} must be a number, got {frac!r}")
+        if not (frac >= 0 if zero_ok else frac > 0) or frac >= 1:
+            interval = "[0, 1)" if zero_ok else "(0, 1)"
+            raise ValueError(f"{prefix}{name} must be in {interval}, got {frac}")
+
+
 def load(
     name: str | Any = "digits",
     binarize: str = "none",
@@ -291,7 +307,8 @@ def load(
         name: A registered name (see :func:`names`), a path to a ``.npy``/``.npz`` file, or an
             array/tensor of shape ``(N, ...)`` (uint8 is scaled by 1/255).
         binarize: ``"none"``, ``"static"`` or ``"dynamic"`` (see the module docstring).
-        val_fraction: Fraction of the training data held out for validation.
+        val_fraction: Fraction of the training data held out for validation, in [0, 1); 0
+            keeps it all for training (``DataSplits.val`` is then empty).
         test_fraction: Fraction held out for testing when the dataset has no official test set.
         seed: Seed of the split permutation and of static binarization.
         **kwargs: Loader options: ``root`` and ``download`` (torchvision), ``system_dir``
@@ -304,9 +321,7 @@ def load(
         ((1, 8, 8), 1294, 144, 359)
     """
     one_of("binarize", binarize, BINARIZE)
-    for frac_name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 < frac < 1:
-            raise ValueError(f"{frac_name} must be in (0, 1), got {frac}")
+    check_fractions(val_fraction, test_fraction)
     if isinstance(name, str) and name not in DATASETS and name.endswith((".npy", ".npz")):
         kwargs["path"], name = name, "file"
     if isinstance(name, str):
@@ -328,7 +343,7 @@ def load(
         x_te = _as_float(f"test data ({label})", x_te)
         y_te = None if y_te is None else torch.as_tensor(np.asarray(y_te))
     perm = torch.randperm(len(x_tr), generator=gen)
-    n_val = max(1, round(val_fraction * len(x_tr)))
+    n_val = max(1, round(val_fraction * len(x_tr))) if val_fraction > 0 else 0
     if len(x_tr) - n_val < 1:
         raise ValueError(f"data has {len(x_tr)} datapoints: too few to split off validation")
     va, tr = perm[:n_val], perm[n_val:]

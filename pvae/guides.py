@@ -1,8 +1,22 @@
-r"""Amortized guides q(z | x): modules mapping a batch of x to a distribution over z."""
+r"""Amortized guides q(z | x): modules mapping a batch of x to a distribution over z.
+
+Every Gaussian part maps the encoder's raw output s to a standard deviation through one of
+:data:`SCALES`, chosen by the guide's ``scale`` argument (``[model.guide] scale = "exp"`` in a
+config):
+
+* ``"softplus"`` (default): :math:`\sigma = \mathrm{softplus}(s) + \sigma_{\min}`, which grows
+  linearly for large s, so a large raw output cannot make σ explode.
+* ``"exp"``: :math:`\sigma = \exp(s) + \sigma_{\min}`, the log-σ output of Kingma & Welling
+  (2013); gradients in s are relative changes of σ, at the risk of overflow for large s.
+
+The floor :math:`\sigma_{\min}` (``min_scale``) is added in both cases: it keeps
+:math:`\log q` bounded when the encoder grows confident (set it to 0 for the bare map).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -10,30 +24,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pvae._checks import positive_float, positive_int
+from pvae._checks import lookup, positive_float, positive_int
 
-__all__ = ["IAF", "DiagonalNormal", "LowRankNormal"]
+__all__ = ["IAF", "SCALES", "DiagonalNormal", "LowRankNormal"]
+
+SCALES: dict[str, Callable[[Tensor], Tensor]] = {"softplus": F.softplus, "exp": torch.exp}
+"""Maps from an encoder's raw output to a positive standard deviation (before the floor)."""
+
+
+def _scale_map(scale: str) -> Callable[[Tensor], Tensor]:
+    return lookup("scale", SCALES, scale)
 
 
 class DiagonalNormal(nn.Module):
     r"""Diagonal Gaussian guide :math:`q_\phi(z\mid x) = \mathcal N(\mu_\phi(x),
     \mathrm{diag}\,\sigma_\phi(x)^2)` (Kingma & Welling 2013).
 
-    ``net`` maps x to ``2 * latent_dim`` features: the mean, and a raw scale mapped through
-    :math:`\sigma = \mathrm{softplus}(s) + \sigma_{\min}`; the floor keeps
-    :math:`\log q` bounded when the encoder grows confident.
+    ``net`` maps x to ``2 * latent_dim`` features: the mean, and a raw scale s mapped to
+    :math:`\sigma = \mathrm{softplus}(s) + \sigma_{\min}` (or :math:`\exp(s) + \sigma_{\min}`,
+    see the module docstring); the floor keeps :math:`\log q` bounded when the encoder grows
+    confident.
 
     Args:
         net: Encoder network, x of shape ``(..., *data_shape)`` to ``(..., 2 * latent_dim)``.
         latent_dim: Dimension D of z.
         min_scale: Floor on the posterior standard deviation.
+        scale: ``"softplus"`` or ``"exp"``: the map from raw output to σ (:data:`SCALES`).
+
+    Raises:
+        ValueError: an unknown ``scale`` (the message lists the valid ones).
+
+    Example:
+        >>> import torch
+        >>> q = DiagonalNormal(torch.nn.Linear(5, 4), latent_dim=2, scale="exp")
+        >>> q(torch.zeros(3, 5)).batch_shape, q(torch.zeros(3, 5)).event_shape
+        (torch.Size([3]), torch.Size([2]))
     """
 
-    def __init__(self, net: nn.Module, latent_dim: int, min_scale: float = 1e-4) -> None:
+    def __init__(
+        self, net: nn.Module, latent_dim: int, min_scale: float = 1e-4, scale: str = "softplus"
+    ) -> None:
         super().__init__()
         self.net = net
         self.latent_dim = positive_int("latent_dim", latent_dim)
         self.min_scale = positive_float("min_scale", min_scale, allow_zero=True)
+        self.scale = scale
+        self._sd = _scale_map(scale)
 
     @staticmethod
     def num_params(latent_dim: int) -> int:
@@ -48,7 +84,7 @@ class DiagonalNormal(nn.Module):
                 f", got shape {tuple(h.shape)}"
             )
         loc, raw = h.split(self.latent_dim, dim=-1)
-        return dist.Normal(loc, F.softplus(raw) + self.min_scale).to_event(1)
+        return dist.Normal(loc, self._sd(raw) + self.min_scale).to_event(1)
 
 
 class LowRankNormal(nn.Module):
@@ -62,14 +98,25 @@ class LowRankNormal(nn.Module):
         latent_dim: D.
         rank: r.
         min_scale: Floor on the diagonal standard deviation.
+        scale: ``"softplus"`` or ``"exp"``: the map from raw output to the diagonal standard
+            deviation :math:`\sqrt{d}` (:data:`SCALES`).
     """
 
-    def __init__(self, net: nn.Module, latent_dim: int, rank: int = 2, min_scale: float = 1e-4):
+    def __init__(
+        self,
+        net: nn.Module,
+        latent_dim: int,
+        rank: int = 2,
+        min_scale: float = 1e-4,
+        scale: str = "softplus",
+    ) -> None:
         super().__init__()
         self.net = net
         self.latent_dim = positive_int("latent_dim", latent_dim)
         self.rank = positive_int("rank", rank)
         self.min_scale = positive_float("min_scale", min_scale, allow_zero=True)
+        self.scale = scale
+        self._sd = _scale_map(scale)
 
     @staticmethod
     def num_params(latent_dim: int, rank: int = 2) -> int:
@@ -79,7 +126,7 @@ class LowRankNormal(nn.Module):
         d, r = self.latent_dim, self.rank
         h = self.net(x)
         loc, raw_diag, factor = h.split([d, d, d * r], dim=-1)
-        diag = (F.softplus(raw_diag) + self.min_scale) ** 2
+        diag = (self._sd(raw_diag) + self.min_scale) ** 2
         factor = factor.reshape(*factor.shape[:-1], d, r) / math.sqrt(d * r)
         return dist.LowRankMultivariateNormal(loc, factor, diag)
 
@@ -100,6 +147,8 @@ class IAF(nn.Module):
         context_dim: Width of the context h(x).
         hidden: Hidden widths of each autoregressive network.
         min_scale: Floor on the base standard deviation.
+        scale: ``"softplus"`` or ``"exp"``: the map from raw output to the base standard
+            deviation (:data:`SCALES`).
     """
 
     def __init__(
@@ -110,6 +159,7 @@ class IAF(nn.Module):
         context_dim: int = 16,
         hidden: tuple[int, ...] = (64,),
         min_scale: float = 1e-4,
+        scale: str = "softplus",
     ) -> None:
         super().__init__()
         self.net = net
@@ -118,6 +168,8 @@ class IAF(nn.Module):
             raise ValueError(f"latent_dim must be >= 2 for an IAF guide, got {latent_dim}")
         self.context_dim = positive_int("context_dim", context_dim)
         self.min_scale = positive_float("min_scale", min_scale, allow_zero=True)
+        self.scale = scale
+        self._sd = _scale_map(scale)
         self.flows = nn.ModuleList(
             T.conditional_affine_autoregressive(
                 self.latent_dim,
@@ -136,7 +188,7 @@ class IAF(nn.Module):
         d = self.latent_dim
         h = self.net(x)
         loc, raw, ctx = h.split([d, d, self.context_dim], dim=-1)
-        base = dist.Normal(loc, F.softplus(raw) + self.min_scale).to_event(1)
+        base = dist.Normal(loc, self._sd(raw) + self.min_scale).to_event(1)
         layers: list[T.Transform] = []
         for i, flow in enumerate(self.flows):
             if i:

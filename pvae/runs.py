@@ -3,6 +3,7 @@ model from that folder (config + checkpoint) exactly as it was trained."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,14 @@ from pvae.checkpoint import CheckpointError, check_state_matches, load_checkpoin
 from pvae.config import Config, build_vae, load_data
 from pvae.datasets import DataSplits
 from pvae.train import CHECKPOINT, CONFIG, FitResult, fit, load_run_state, resolve_device
+from pvae.training.callbacks import Callback, CSVLogger, TensorBoardLogger
 from pvae.training.checkpointing import check_run_dir
 from pvae.training.runlock import check_not_locked
 
-__all__ = ["Run", "load_run", "train_from_config"]
+__all__ = ["METRICS_CSV", "TENSORBOARD", "Run", "load_run", "train_from_config"]
+
+METRICS_CSV = "metrics.csv"
+TENSORBOARD = "tensorboard"
 
 
 def _is_main() -> bool:
@@ -48,12 +53,22 @@ class Run:
 
 
 def train_from_config(
-    cfg: Config, run_dir: str | Path, *, resume: bool = False, data: DataSplits | None = None
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    data: DataSplits | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Build data and model from ``cfg`` and train into ``run_dir`` (writing ``config.toml``).
 
-    Everything that can fail on bad input (config, data, model shapes) fails before
-    :func:`~pvae.fit` creates the folder, so a rejected run leaves nothing behind.
+    ``[log]`` turns on the loggers, which write into the run folder on the main process:
+    ``metrics.csv`` (``log.csv``) and ``tensorboard/`` (``log.tensorboard``); a resumed run
+    appends to them. ``callbacks`` are passed to :func:`~pvae.fit` after those.
+
+    Everything that can fail on bad input (config, data, model shapes, a missing
+    ``tensorboard`` package) fails before :func:`~pvae.fit` creates the folder, so a rejected
+    run leaves nothing behind.
     """
     run_path = Path(run_dir)
     main = _is_main()
@@ -65,6 +80,11 @@ def train_from_config(
             "or another --out"
         )
     check_run_dir(run_path, resume, main=main)
+    loggers: list[Callback] = []
+    if main and cfg.log.csv:
+        loggers.append(CSVLogger(run_path / METRICS_CSV))
+    if main and cfg.log.tensorboard:
+        loggers.append(TensorBoardLogger(run_path / TENSORBOARD))
     data = data if data is not None else load_data(cfg.data)
     t = cfg.train
     pyro.set_rng_seed(t.seed)  # seeds the initial weights
@@ -83,9 +103,13 @@ def train_from_config(
         vectorize_particles=t.vectorize_particles,
         estimator=t.estimator,
         fast=t.fast,
+        compile=t.compile,
         seed=t.seed,
         device=t.device,
         progress=t.progress,
+        quiet=cfg.log.quiet,
+        log_every=cfg.log.every,
+        callbacks=[*loggers, *callbacks],
         labels=bool(t.labels),
         eval_batch_size=cfg.eval.batch_size,
         curve_ks=cfg.eval.curve_ks,

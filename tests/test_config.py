@@ -45,7 +45,10 @@ def test_switching_a_component_drops_the_old_components_arguments():
     ("overrides", "match"),
     [
         (["train.epochz=3"], r"unknown key in \[train\] 'epochz'; valid: .*epochs"),
-        (["trian.epochs=3"], "unknown config section 'trian'; valid: data, eval, model, train"),
+        (
+            ["trian.epochs=3"],
+            "unknown config section 'trian'; valid: data, eval, log, model, train",
+        ),
         (
             ["model.prior.name=gauss"],
             "unknown model.prior.name 'gauss'; valid: flow, learned_gaussian, mog, "

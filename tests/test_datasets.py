@@ -118,7 +118,10 @@ def test_user_arrays_and_files(tmp_path):
             r"binarize='static' needs intensities in \[0, 1\], got data in \[0, 2\]",
         ),
         (("nope.npz",), {}, ValueError, "must be an existing .npy or .npz file"),
-        (("digits",), {"val_fraction": 1.5}, ValueError, r"val_fraction must be in \(0, 1\)"),
+        (("digits",), {"val_fraction": 1.5}, ValueError, r"val_fraction must be in \[0, 1\)"),
+        (("digits",), {"val_fraction": -0.1}, ValueError, r"val_fraction must be in \[0, 1\)"),
+        (("digits",), {"test_fraction": 0}, ValueError, r"test_fraction must be in \(0, 1\)"),
+        (("digits",), {"val_fraction": "0"}, TypeError, "val_fraction must be a number, got '0'"),
     ],
 )
 def test_bad_data_arguments(args, kwargs, err, match):
@@ -133,3 +136,15 @@ def test_a_file_of_strings_is_refused_with_its_name(tmp_path):
         TypeError, match=r"data \(.*words\.npy\) must be a numeric array, got dtype <U1"
     ):
         pvae.datasets.load(str(path))
+
+
+def test_val_fraction_zero_keeps_every_datapoint_for_training():
+    full = pvae.datasets.load("digits", "static", val_fraction=0)
+    held = pvae.datasets.load("digits", "static")
+    assert len(full.val) == 0 and full.val.data_shape == (1, 8, 8)
+    assert len(full.train) == len(held.train) + len(held.val) == 1797 - len(full.test)
+    torch.testing.assert_close(full.test.x, held.test.x)  # the same test set either way
+    assert "val=0" in repr(full)
+    with pytest.raises(ValueError, match=r"data.val_fraction must be in \[0, 1\), got 1"):
+        pvae.config.Config.from_dict({"data": {"val_fraction": 1}})
+    assert pvae.config.Config.from_dict({"data": {"val_fraction": 0}}).data.val_fraction == 0

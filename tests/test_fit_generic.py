@@ -13,6 +13,7 @@ from torch.distributions import constraints
 
 import pvae
 from pvae.datasets import DataSplits, Split
+from pvae.train import drop_timings
 
 D, Z = 6, 4  # data and first-latent dimensions
 
@@ -150,7 +151,7 @@ def test_resume_equals_uninterrupted_training(tmp_path):
         new_module(seed=1), toy_splits(), epochs=4, run_dir=tmp_path / "part", resume=True, **kwargs
     )
     assert "val_log_px" in full.history[3]
-    assert resumed.history == full.history
+    assert drop_timings(resumed.history) == drop_timings(full.history)
     states_equal(resumed.vae.state_dict(), full.vae.state_dict())
 
 

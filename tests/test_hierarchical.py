@@ -250,6 +250,8 @@ def test_the_example_config_trains_and_evaluates_from_the_cli(tmp_path, capsys):
         "checkpoint.pt",
         "config.toml",
         "curves.png",
+        "evaluation",  # pvae evaluate's per-datapoint values, for pvae compare
+        "metrics.csv",
         "metrics.json",
         "reconstructions.png",
         "samples.png",

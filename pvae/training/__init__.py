@@ -10,9 +10,15 @@
 * :mod:`~pvae.training.checkpointing`: the run folder: checkpoints with every RNG state (exact
   resume), metrics, the stored configuration.
 * :mod:`~pvae.training.progress`: the progress bar and the lines a person reads.
+* :mod:`~pvae.training.callbacks`: what :func:`~pvae.fit` tells the outside world each epoch:
+  :class:`Callback` and the built-in :class:`CSVLogger` and :class:`TensorBoardLogger`.
 
 Every part works for any ``nn.Module`` with ``model(x)`` and ``guide(x)`` methods whose
 datapoint-local latent sites sit inside ``pyro.plate("data", x.shape[0])``; what only a
 :class:`~pvae.VAE` has (β, free bits, the fused path, a likelihood to check the data against,
 picture grids) is used where the module has it.
 """
+
+from pvae.training.callbacks import Callback, CSVLogger, TensorBoardLogger
+
+__all__ = ["CSVLogger", "Callback", "TensorBoardLogger"]
