@@ -98,16 +98,20 @@ class BoundLadder:
             ("  KL(q(z|x) || p(z))", self.kl),
             ("gap log p(x) - ELBO", self.gap),
         ]
-        lines = [f"{'bound':<22}{'nats':>12}{'± se':>10}   (n = {self.n})"]
+        lines = [f"{'bound':<22}{'nats':>12}{'± MC s.e.':>11}   (mean over n = {self.n})"]
         if self.ais is not None:
             a = self.ais
             rows.append(
                 (f"AIS T={a['steps']} C={a['chains']}", {"mean": a["log_px"], "se": a["log_px_se"]})
             )
         lines += [
-            f"{name:<22}{v['mean']:>12.4f}{math.nan if v['se'] is None else v['se']:>10.4f}"
+            f"{name:<22}{v['mean']:>12.4f}{math.nan if v['se'] is None else v['se']:>11.4f}"
             for name, v in rows
         ]
+        lines.append(
+            "± is the Monte Carlo s.e. of the mean on these datapoints (other draws of z); "
+            "`pvae evaluate` also gives the s.e. over datapoints (another sample of test points)"
+        )
         if self.bdmc is not None:
             b = self.bdmc
             lines.append(

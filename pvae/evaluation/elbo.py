@@ -64,7 +64,14 @@ class ElboEstimate:
     se: Tensor
 
     def summary(self) -> dict[str, float | int | bool]:
-        """Means over datapoints with their standard errors, and bits/dim."""
+        r"""Means over datapoints, two standard errors, and bits/dim.
+
+        ``elbo_se`` is the standard error of the mean over datapoints, :math:`\mathrm{sd}_n
+        (\hat{\mathcal L}_n)/\sqrt N`: what a different sample of test points would change (it
+        includes the Monte Carlo noise). ``elbo_mc_se`` is the Monte Carlo error alone,
+        :math:`\sqrt{\sum_n \mathrm{se}_n^2}/N`: what other draws of z on the same points would
+        change (NaN with one draw per datapoint).
+        """
         n = self.elbo.numel()
 
         def se(t: Tensor) -> float:
@@ -75,6 +82,7 @@ class ElboEstimate:
             "n": n,
             "elbo": elbo,
             "elbo_se": se(self.elbo),
+            "elbo_mc_se": float(self.se.double().pow(2).sum().sqrt() / n),
             "recon": float(self.recon.mean()),
             "kl": float(self.kl.mean()),
             "bits_per_dim": -elbo / (self.num_dims * math.log(2)),
