@@ -51,7 +51,7 @@ def run(layers: int, objective: str, epochs: int, subset: int, k: int) -> dict:
         lr=1e-3,
         seed=0,
         device="cpu",
-        progress=False,
+        quiet=True,
     )
     train_s = time.time() - t0
     x = data.test.observed()[:subset]

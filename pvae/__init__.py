@@ -3,13 +3,14 @@
 >>> import pvae
 >>> data = pvae.datasets.load("digits", binarize="dynamic")
 >>> vae = pvae.VAE(prior=pvae.priors.StandardNormal(latent_dim=4))
->>> result = pvae.fit(vae, data, epochs=1, progress=False, device="cpu")
->>> sorted(result.final)[:3]
-['epoch', 'step', 'train_elbo']
+>>> result = pvae.fit(vae, data, epochs=1, quiet=True, device="cpu")
+>>> [k for k in result.final if "elbo" in k]
+['train_elbo', 'val_elbo', 'val_elbo_se']
 """
 
-from pvae import datasets, diagnostics, guides, likelihoods, nets, priors
+from pvae import datasets, diagnostics, guides, likelihoods, nets, priors, training
 from pvae.checkpoint import CheckpointError
+from pvae.compare import Comparison, compare
 from pvae.config import Config, build_vae, load_config
 from pvae.evaluation import (
     AISEstimate,
@@ -29,7 +30,8 @@ from pvae.hierarchical import HierarchicalVAE
 from pvae.linear_gaussian import LinearGaussian, LinearGaussianChain
 from pvae.model import VAE
 from pvae.runs import Run, load_run, train_from_config
-from pvae.train import FitResult, TrainingDivergedError, fit
+from pvae.train import FitResult, TrainingDivergedError, drop_timings, fit
+from pvae.training import Callback, CSVLogger, TensorBoardLogger
 
 __version__ = "0.1.0"
 
@@ -38,7 +40,10 @@ __all__ = [
     "AISEstimate",
     "BDMCResult",
     "BoundLadder",
+    "CSVLogger",
+    "Callback",
     "CheckpointError",
+    "Comparison",
     "Config",
     "ElboEstimate",
     "FitResult",
@@ -47,14 +52,17 @@ __all__ = [
     "LinearGaussianChain",
     "LogPxEstimate",
     "Run",
+    "TensorBoardLogger",
     "TrainingDivergedError",
     "__version__",
     "ais",
     "bdmc",
     "bounds",
     "build_vae",
+    "compare",
     "datasets",
     "diagnostics",
+    "drop_timings",
     "evaluate_elbo",
     "fit",
     "guides",
@@ -68,6 +76,7 @@ __all__ = [
     "reverse_ais",
     "simulate",
     "train_from_config",
+    "training",
 ]
 
 

@@ -1,22 +1,27 @@
-"""``pvae`` command line: ``train``, ``evaluate``, ``sample``.
+"""pvae command line: train, evaluate, bounds, ais, compare, plot and sample.
 
 Examples::
 
     pvae train                                   # default model on the embedded digits
     pvae train --config cfg.toml --set train.epochs=5 --set model.latent_dim=20 --out runs/a
+    pvae train --config cfg.toml --seeds 0 1 2 --out runs/b   # runs/b/seed-0, seed-1, seed-2
     pvae train --resume runs/a --set train.epochs=10
     pvae evaluate runs/a --split test --json          # ELBO and log p(x) (k = eval.k)
-    pvae bounds runs/a --k 1 5 50 500 5000 --json     # ELBO ≤ IWAE_k ≤ log p(x) ladder
-    pvae bounds runs/a --ais-steps 500 --bdmc 100     # … with AIS and a BDMC sandwich
+    pvae evaluate runs/a --data other.npz             # score an external .npy/.npz
+    pvae bounds runs/a --k 1 5 50 500 5000 --json     # ELBO <= IWAE_k <= log p(x) ladder
+    pvae bounds runs/a --ais-steps 500 --bdmc 100     # ... with AIS and a BDMC sandwich
     pvae ais runs/a --steps 1000 --chains 16 --subset 500 --bdmc 100
+    pvae compare runs/b/seed-* runs/c/seed-* --plot curves.png
     pvae sample runs/a -n 64 --out samples.png
-    pvae plot runs/a --what manifold|samples|recon|curves|kl|khat|scatter
+    pvae plot runs/a --what traversals   # also manifold, samples, recon, curves, kl, khat,
+                                         # scatter, interpolation
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import itertools
 import json
 import math
@@ -34,12 +39,15 @@ import torch
 from pvae import diagnostics, distributed
 from pvae._checks import positive_int
 from pvae.checkpoint import CheckpointError
+from pvae.compare import add_parser as add_compare_parser
+from pvae.compare import save_evaluation
 from pvae.config import load_config
 from pvae.datasets import DataUnavailableError
 from pvae.evaluation import ais, bdmc, bounds, evaluate_elbo, log_px
 from pvae.model import VAE
-from pvae.runs import load_run, read_run_config, train_from_config
+from pvae.runs import Run, load_run, read_run_config, train_from_config
 from pvae.train import TrainingDivergedError
+from pvae.training.progress import summary_table, task_progress
 
 __all__ = ["main"]
 
@@ -48,6 +56,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.config is not None:
             raise ValueError("--resume reads RUN/config.toml; do not pass --config with it")
+        if args.seeds:
+            raise ValueError("--resume continues one run; do not pass --seeds with it")
         base = read_run_config(args.resume).to_dict()
         from pvae.config import Config, apply_overrides
 
@@ -60,11 +70,48 @@ def _train(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.no_progress:
         cfg.train.progress = False
-    result = train_from_config(cfg, out, resume=args.resume is not None)
-    if _is_main():
-        summary = {"run": str(out), **result.final}
-        print(_json(summary) if args.json else f"run written to {out}: {summary}")
+    if args.quiet:
+        cfg.train.progress = False
+        cfg.log.quiet = True
+    if not args.seeds:
+        result = train_from_config(cfg, out, resume=args.resume is not None)
+        _report_run(args, out, result.final)
+        return 0
+    seeds = _seeds(args.seeds)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {str(out)!r} must be a new or empty folder for --seeds")
+    finals = {}
+    for seed in seeds:  # one ordinary run per seed: resumable and comparable one by one
+        cfg.train.seed = seed
+        run = out / f"seed-{seed}"
+        if _is_main() and not args.json and not args.quiet:
+            print(f"seed {seed}: training into {run}", flush=True)
+        result = train_from_config(copy.deepcopy(cfg), run)
+        finals[str(run)] = result.final
+        _report_run(args, run, result.final)
+    if _is_main() and not args.json and not args.quiet:
+        print(f"{len(seeds)} runs in {out}; compare them with: pvae compare {out}/seed-*")
     return 0
+
+
+def _seeds(values: Sequence[int]) -> list[int]:
+    """``--seeds``: distinct non-negative integers."""
+    for v in values:
+        if v < 0:
+            raise ValueError(f"--seeds must be non-negative integers, got {v}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"--seeds must be distinct, got {list(values)}")
+    return list(values)
+
+
+def _report_run(args: argparse.Namespace, out: Path, final: dict) -> None:
+    """The run's closing summary: one JSON line with ``--json``, else a small table."""
+    if not _is_main():
+        return
+    if args.json:
+        print(_json({"run": str(out), **final}))
+    elif not args.quiet:
+        print(summary_table({"run": str(out), **final}))
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -94,14 +141,44 @@ def _json(obj: dict) -> str:
     return json.dumps(clean(obj))
 
 
+def _external(path: str, run: Run) -> torch.Tensor:
+    """``--data FILE``: a ``.npy`` (the array) or ``.npz`` (its ``x``, or ``test``) scored as the
+    run's own data are: the same scaling (uint8 / 255) and, for a run on binarized data, one
+    fixed binarization (seeded, as the run's validation and test splits are)."""
+    from pvae.datasets import _as_float, _file
+
+    arrays = _file(path=path)
+    a = arrays[0] if arrays[2] is None else arrays[2]  # a train/test .npz: score its test part
+    x = _as_float(f"--data {path}", a)
+    shape = tuple(run.checkpoint.get("data_shape") or x.shape[1:])
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"--data {path}: datapoints of shape {tuple(x.shape[1:])} do not fit this run's "
+            f"model, which expects {shape}"
+        )
+    if run.config.data.binarize != "none":
+        if float(x.min()) < 0 or float(x.max()) > 1:
+            raise ValueError(
+                f"--data {path}: this run models binarized data and needs intensities in "
+                f"[0, 1], got [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+            )
+        gen = torch.Generator().manual_seed(run.config.data.seed)
+        x = torch.bernoulli(x, generator=gen)
+    return x
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    run = load_run(args.run, device=args.device)
-    x = run.data.split(args.split).to(_device(run.vae)).observed()
+    run = load_run(args.run, device=args.device, data=args.data is None)
+    if args.data is not None:
+        x = _external(args.data, run).to(_device(run.vae))
+        args.split = f"file:{args.data}"
+    else:
+        x = run.data.split(args.split).to(_device(run.vae)).observed()
     k = args.k if args.k is not None else run.config.eval.k
     if k < 0:
         raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {k}")
     pyro.set_rng_seed(args.seed)
-    est = evaluate_elbo(
+    est = elbo_est = evaluate_elbo(
         run.vae,
         x,
         num_samples=run.config.eval.num_samples
@@ -116,15 +193,28 @@ def _evaluate(args: argparse.Namespace) -> int:
         **est.summary(),
     }
     if k > 0:
-        est = log_px(
-            run.vae,
-            x,
-            k=k,
-            seed=args.seed,
-            distributed=distributed.info() is not None,
-            max_k=args.max_k,
-            target_se=args.target_se,
-        )
+        sharded = distributed.info() is not None
+        # On stderr: minutes of silence read as a hang (one process: a sharded run's total is
+        # its own share).
+        with task_progress(
+            "log p(x)", x.shape[0] * k, show=not sharded and not args.quiet, unit="draws"
+        ) as advance:
+            seen = [0]
+
+            def tick(done: int, total: int) -> None:
+                advance(done - seen[0])
+                seen[0] = done
+
+            est = log_px(
+                run.vae,
+                x,
+                k=k,
+                seed=args.seed,
+                distributed=sharded,
+                max_k=args.max_k,
+                target_se=args.target_se,
+                progress=tick,
+            )
         lp = est.summary()
         out.update(
             {k if k.startswith("log_px") else f"log_px_{k}": v for k, v in lp.items() if k != "n"}
@@ -133,11 +223,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     out["diagnostics"] = _diagnostics(run.vae, x)
     if not _is_main():
         return 0
+    if args.data is None:  # per-datapoint values, for pvae compare (a split, not a --data file)
+        out["stored"] = str(
+            save_evaluation(
+                run.path,
+                args.split,
+                x,
+                elbo=elbo_est,
+                log_px=est if k > 0 else None,
+                epoch=int(run.checkpoint["epoch"]),
+                meta={
+                    "seed": args.seed,
+                    "num_samples": args.num_samples or run.config.eval.num_samples,
+                    "max_k": args.max_k,
+                    "target_se": args.target_se,
+                },
+            )
+        )
     if args.json:
         print(_json(out))
         return 0
     print(f"{run.path}  split={args.split}  n={out['n']}  epoch={out['epoch']}")
-    print(f"  ELBO          {out['elbo']:12.4f} nats (± {out['elbo_se']:.4f} s.e. over datapoints)")
+    mc = out["elbo_mc_se"]
+    draws = (
+        f"Monte Carlo s.e. {mc:.4f}, {args.num_samples or run.config.eval.num_samples} draws"
+        if math.isfinite(mc)
+        else "1 draw per datapoint"
+    )
+    print(
+        f"  ELBO          {out['elbo']:12.4f} nats ± {out['elbo_se']:.4f} s.e. over datapoints "
+        f"({draws})"
+    )
     print(f"  reconstruction{out['recon']:12.4f}")
     print(f"  KL            {out['kl']:12.4f} ({'analytic' if out['analytic_kl'] else 'MC'})")
     print(f"  bits/dim      {out['bits_per_dim']:12.4f}")
@@ -159,16 +275,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "warning" in dg:
         print(f"  warning: {dg['warning']}")
     if k > 0:
-        khat = "n/a" if out["log_px_khat_max"] is None else f"{out['log_px_khat_max']:.2f}"
+        khat = (
+            f"{out['log_px_khat_max']:.2f}"
+            if out["log_px_khat_max"] is not None
+            else "n/a"
+            if out.get("log_px_khat_frac_above_0.7") is None
+            else "inf: too few draws for a Pareto fit"  # the tail PSIS fits needs k ≳ 100
+        )
+        sd = out["log_px_sd"]
+        over = f"; ± {sd / math.sqrt(out['n']):.4f} s.e. over datapoints" if sd else ""
         print(
-            f"  log p(x)      {out['log_px']:12.4f} nats (± {out['log_px_se']:.4f} Monte Carlo "
-            f"s.e.; k={k}, mean ESS {out['log_px_ess_mean']:.0f}, max k̂ {khat})"
+            f"  log p(x)      {out['log_px']:12.4f} nats ± {_num(out['log_px_se'])} Monte Carlo "
+            f"s.e.{over}\n                (k={k}, mean ESS {out['log_px_ess_mean']:.0f}, "
+            f"max k̂ {khat})"
         )
         if est.adaptive is not None:
             print(f"  {est.adaptive}")
         if out.get("log_px_warning"):
             print(f"  WARNING: {out['log_px_warning']}")
     return 0
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _diagnostics(vae: VAE, x: torch.Tensor, subset: int = 1000) -> dict:
@@ -258,7 +387,17 @@ def _ais(args: argparse.Namespace) -> int:
     return 0
 
 
-PLOTS = ("manifold", "samples", "recon", "curves", "kl", "khat", "scatter")
+PLOTS = (
+    "manifold",
+    "samples",
+    "recon",
+    "curves",
+    "kl",
+    "khat",
+    "scatter",
+    "traversals",
+    "interpolation",
+)
 
 
 def _needs_vae(module: object, what: str) -> None:
@@ -279,22 +418,55 @@ def _plot(args: argparse.Namespace) -> int:
     x = run.data.test.to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
     out = _figure_path(args.out) if args.out else run.path / f"{args.what}.png"
+    style = {"figsize": _size(args.size), "dpi": _dpi(args.dpi), "path": out}
     if args.what == "manifold":
-        plotting.latent_manifold(run.vae, x=x, path=out)
+        plotting.latent_manifold(run.vae, x=x, **style)
     elif args.what == "samples":
-        plotting.samples(run.vae, path=out)
+        plotting.samples(run.vae, **style)
     elif args.what == "recon":
-        plotting.reconstructions(run.vae, x, path=out)
+        plotting.reconstructions(run.vae, x, **style)
     elif args.what == "curves":
-        plotting.training_curves(run.checkpoint["history"], path=out)
+        plotting.training_curves(run.checkpoint["history"], **style)
     elif args.what == "kl":
-        plotting.kl_bars(diagnostics.kl_per_dimension(run.vae, x), path=out)
+        plotting.kl_bars(diagnostics.kl_per_dimension(run.vae, x), **style)
     elif args.what == "khat":
-        plotting.khat_plot(log_px(run.vae, x, k=args.k), path=out)
+        plotting.khat_plot(log_px(run.vae, x, k=args.k), **style)
+    elif args.what == "traversals":
+        (i,) = _indices(args.index, x.shape[0], 1)
+        around = None if args.around == "prior" else x[i]
+        plotting.traversals(run.vae, around, kl_x=x, sd=args.sd, dims=args.dims, **style)
+    elif args.what == "interpolation":
+        i, j = _indices(args.index, x.shape[0], 2)
+        plotting.interpolation(run.vae, x[i], x[j], steps=args.steps, **style)
     else:
-        plotting.latent_scatter(run.vae, x, run.data.test.y, path=out)
+        plotting.latent_scatter(run.vae, x, run.data.test.y, **style)
     print(f"wrote {out}")
     return 0
+
+
+def _indices(given: Sequence[int] | None, n: int, count: int) -> list[int]:
+    """``--index``: ``count`` test-set positions (default 0, 1, ...), each in ``[0, n)``."""
+    idx = list(range(count)) if not given else list(given)
+    if len(idx) != count:
+        raise ValueError(f"--index takes {count} test-set position(s) here, got {len(idx)}")
+    for i in idx:
+        if not 0 <= i < n:
+            raise ValueError(f"--index must be in [0, {n}) (the test split's size), got {i}")
+    return idx
+
+
+def _size(size: Sequence[float] | None) -> tuple[float, float] | None:
+    """``--size W H``: a figure size in inches, both positive."""
+    if size is None:
+        return None
+    w, h = size
+    if not (w > 0 and h > 0 and math.isfinite(w) and math.isfinite(h)):
+        raise ValueError(f"--size takes a positive width and height in inches, got {w} {h}")
+    return (w, h)
+
+
+def _dpi(dpi: int | None) -> int | None:
+    return None if dpi is None else positive_int("--dpi", dpi)
 
 
 def _figure_path(out: str) -> Path:
@@ -324,7 +496,13 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pvae", description=__doc__.split("\n")[0])
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(
+        prog="pvae",
+        description=doc.split("\n")[0],
+        epilog=doc[doc.index("Examples") :].replace("::", ":") if "Examples" in doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a VAE (defaults: digits, standard normal prior)")
@@ -339,13 +517,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/<timestamp>)")
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN")
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="one run per seed into OUT/seed-<SEED> (train.seed set to each)",
+    )
+    t.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (per-epoch lines stay)"
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress, per-epoch lines or summary")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="ELBO and log p(x) of a trained run on a split")
     e.add_argument("run")
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument(
+        "--data",
+        metavar="FILE",
+        default=None,
+        help="score this .npy/.npz instead of a split of the run's data",
+    )
     e.add_argument("--num-samples", type=int, default=None, help="z samples per datapoint")
     e.add_argument(
         "--k",
@@ -368,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     e.set_defaults(func=_evaluate)
 
     b = sub.add_parser("bounds", help="the ELBO ≤ IWAE_k ≤ log p(x) ladder of a trained run")
@@ -414,6 +610,32 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--what", required=True, choices=PLOTS)
     pl.add_argument("--out", help="PNG or PDF path (default RUN/<what>.png)")
     pl.add_argument("--k", type=int, default=1000, help="importance samples for --what khat")
+    pl.add_argument("--size", type=float, nargs=2, metavar=("W", "H"), help="figure size in inches")
+    pl.add_argument("--dpi", type=int, default=None, help="resolution (default 150)")
+    pl.add_argument(
+        "--index",
+        type=int,
+        nargs="+",
+        metavar="I",
+        help="test datapoint(s): one to traverse around, two to interpolate (default 0 [1])",
+    )
+    pl.add_argument(
+        "--around",
+        default="data",
+        choices=("data", "prior"),
+        help="traversals: around the datapoint's posterior mean or the prior's mean",
+    )
+    pl.add_argument(
+        "--sd",
+        default="prior",
+        choices=("prior", "posterior", "aggregate"),
+        help="traversals: offsets in units of the prior's, the datapoint's posterior or the "
+        "aggregate posterior's standard deviation (prior: collapsed rows stay constant)",
+    )
+    pl.add_argument(
+        "--dims", type=int, default=None, help="traversals: only the N largest-KL dimensions"
+    )
+    pl.add_argument("--steps", type=int, default=10, help="interpolation: points on the line")
     pl.add_argument("--device", default="auto")
     pl.add_argument("--seed", type=int, default=0)
     pl.set_defaults(func=_plot)
@@ -425,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_sample)
+
+    add_compare_parser(sub)  # pvae compare RUN... [--split] [--reference] [--json] [--plot PNG]
     return p
 
 
@@ -451,7 +675,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = args.func(args)
         clean = True
         return status
-    except (ValueError, TypeError, CheckpointError, DataUnavailableError) as err:
+    except (
+        ValueError,
+        TypeError,
+        CheckpointError,
+        DataUnavailableError,
+        ModuleNotFoundError,  # an optional extra (tensorboard) asked for but not installed
+    ) as err:
         return _fail(args.command, "error", err, 2)
     except OSError as err:  # a file that could not be read or written (named in the message)
         return _fail(args.command, "error", err, 1)

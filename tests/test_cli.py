@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -283,7 +284,18 @@ def test_zoo_components_are_recorded_and_rebuilt_by_evaluate(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "what", ["manifold", "samples", "recon", "curves", "kl", "khat", "scatter"]
+    "what",
+    [
+        "manifold",
+        "samples",
+        "recon",
+        "curves",
+        "kl",
+        "khat",
+        "scatter",
+        "traversals",
+        "interpolation",
+    ],
 )
 def test_plot_writes_each_figure(run_dir, what, tmp_path):
     out = tmp_path / f"{what}.png"
@@ -385,3 +397,104 @@ def test_train_json_is_strict_json(tmp_path, capsys):
     argv = ["train", "--out", str(tmp_path / "r"), *QUICK, "--set", "train.epochs=1", "--json"]
     assert main(argv) == 0
     assert strict_json(capsys.readouterr().out.splitlines()[-1])["epoch"] == 1
+
+
+def test_help_lists_every_command_without_markup():
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("pvae")), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for command in ("train", "evaluate", "bounds", "ais", "compare", "plot", "sample"):
+        assert command in proc.stdout
+    assert "``" not in proc.stdout and ":class:" not in proc.stdout
+
+
+def test_evaluate_scores_an_external_file_like_the_runs_own_data(run_dir, tmp_path, capsys):
+    from pvae.runs import load_run
+
+    data = load_run(run_dir, device="cpu").data
+    arr = (data.test.x[:50].numpy() * 255).round().astype("uint8")  # uint8 → /255 as the run
+    np.save(tmp_path / "x.npy", arr)
+    capsys.readouterr()
+    args = ["evaluate", str(run_dir), "--k", "0", "--device", "cpu", "--json"]
+    assert main([*args, "--data", str(tmp_path / "x.npy")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 50 and out["split"] == f"file:{tmp_path / 'x.npy'}"
+    assert -60 < out["elbo"] < 0
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 3, 3), dtype="float32"))
+    assert main([*args, "--data", str(tmp_path / "wrong.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "(1, 3, 3) do not fit" in err and "(1, 8, 8)" in err
+    np.save(tmp_path / "big.npy", np.full((4, 8, 8), 3.0, dtype="float32"))
+    assert main([*args, "--data", str(tmp_path / "big.npy")]) == 2
+    assert "intensities in [0, 1]" in capsys.readouterr().err
+
+
+def test_train_seeds_makes_one_comparable_run_per_seed(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    quick = [a for a in QUICK if a != "--no-progress"]
+    assert main(["train", "--out", str(out), *quick, "--seeds", "3", "5", "--quiet"]) == 0
+    assert capsys.readouterr().out == ""  # --quiet: nothing but errors
+    runs = sorted(p.name for p in out.iterdir())
+    assert runs == ["seed-3", "seed-5"]
+    h3 = json.loads((out / "seed-3" / "metrics.json").read_text())
+    h5 = json.loads((out / "seed-5" / "metrics.json").read_text())
+    assert h3[-1]["epoch"] == h5[-1]["epoch"] == 2
+    assert h3[-1]["train_elbo"] != h5[-1]["train_elbo"]  # different seeds, different runs
+    assert "seed = 3" in (out / "seed-3" / "config.toml").read_text()
+    assert main(["train", "--out", str(out), *quick, "--seeds", "1", "1"]) == 2
+    assert "--seeds must be distinct" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), *quick, "--seeds", "7"]) == 2
+    assert "must be a new or empty folder" in capsys.readouterr().err
+
+
+def test_plot_size_dpi_and_datapoints(run_dir, tmp_path, capsys):
+    out = tmp_path / "t.png"
+    base = ["plot", str(run_dir), "--device", "cpu", "--out", str(out)]
+    assert main([*base, "--what", "traversals", "--size", "4", "3", "--dpi", "50"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (200, 150)  # 4 × 3 inches at 50 dpi
+    args = ["--what", "traversals", "--index", "7", "--around", "prior", "--sd", "prior"]
+    assert main([*base, *args, "--dims", "2"]) == 0
+    assert main([*base, "--what", "interpolation", "--index", "3", "9", "--steps", "5"]) == 0
+    capsys.readouterr()
+    for argv, match in [
+        (["--what", "interpolation", "--index", "3"], "--index takes 2 test-set position"),
+        (["--what", "traversals", "--index", "359"], "--index must be in [0, 359)"),
+        (["--what", "samples", "--size", "0", "3"], "--size takes a positive width"),
+        (["--what", "samples", "--dpi", "0"], "--dpi must be a positive integer, got 0"),
+    ]:
+        assert main([*base, *argv]) == 2, argv
+        assert match in capsys.readouterr().err
+
+
+def test_evaluate_and_bounds_print_the_same_elbo(run_dir, capsys):
+    """Both average the reconstruction term over 100 draws per datapoint (eval.num_samples):
+    the same analytic-KL ELBO up to their Monte Carlo errors, which both report."""
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--k", "0", "--json", "--device", "cpu"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert (
+        main(["bounds", str(run_dir), "--k", "1", "--json", "--device", "cpu", "--seed", "1"]) == 0
+    )
+    bd = json.loads(capsys.readouterr().out)["elbo_analytic"]
+    assert 0 < ev["elbo_mc_se"] < 0.05 and 0 < bd["se"] < 0.05
+    assert abs(ev["elbo"] - bd["mean"]) < 4 * math.hypot(ev["elbo_mc_se"], bd["se"])
+
+
+def test_evaluate_stores_what_compare_pools(run_dir, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--k", "20", "--device", "cpu", "--quiet"]) == 0
+    assert (run_dir / "evaluation" / "test.npz").is_file()
+    capsys.readouterr()
+    plot = tmp_path / "curves.png"
+    assert main(["compare", str(run_dir), "--json", "--plot", str(plot)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (group,) = out["groups"]
+    assert group["runs"] == [str(run_dir)] and group["seeds"] == [0]
+    assert out["n_points"] == 359 and out["k"] == {str(run_dir): 20}
+    assert plot.is_file()
+    assert main(["compare", str(run_dir)]) == 0
+    assert "log p(x)" in capsys.readouterr().out
