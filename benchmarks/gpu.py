@@ -108,22 +108,9 @@ def step_table(device: torch.device) -> None:
     impls = train_step.make_impls(device, compile=True)
     sec = train_step.first_step_seconds(impls["compiled"], 20, device)
     print(f"compiled pvae step: first two steps (compilation, CUDA graph capture) {sec:.1f} s")
-    cols = ("pvae", "compiled", "pyro")
-    print(
-        f"{'batch':>6} {'hand ms':>9} "
-        + " ".join(f"{c + ' ms':>12}" for c in cols)
-        + " "
-        + " ".join(f"{c + '/hand':>14}" for c in cols)
+    train_step.print_table(
+        impls, device, BATCHES, lambda b: 100 if b <= 128 else 30, 7 if not DRYRUN else 1
     )
-    for b in BATCHES:
-        t = train_step.per_step(impls, device, b, 100 if b <= 128 else 30, 7 if not DRYRUN else 1)
-        print(
-            f"{b:>6} {1e3 * t['hand']:>9.3f} "
-            + " ".join(f"{1e3 * t[c]:>12.3f}" for c in cols)
-            + " "
-            + " ".join(f"{t[c] / t['hand']:>14.3f}" for c in cols),
-            flush=True,
-        )
     print(f"peak GPU memory (step table): {peak_mb(device):.0f} MB")
 
 

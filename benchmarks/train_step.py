@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import pyro
 import pyro.distributions as dist
@@ -204,6 +205,29 @@ def epoch_times(device: torch.device) -> dict[str, float]:
     return out
 
 
+def print_table(
+    impls: dict, device: torch.device, batches: list[int], steps: Callable[[int], int], repeats: int
+) -> None:
+    """Milliseconds per step of each implementation and its ratio to the hand-written one, one
+    row per batch size (``steps(b)`` steps per timed repeat)."""
+    cols = [c for c in ("pvae", "compiled", "pyro") if c in impls]
+    print(
+        f"{'batch':>6} {'hand ms':>9} "
+        + " ".join(f"{c + ' ms':>12}" for c in cols)
+        + " "
+        + " ".join(f"{c + '/hand':>14}" for c in cols)
+    )
+    for b in batches:
+        t = per_step(impls, device, b, steps(b), repeats)
+        print(
+            f"{b:>6} {1e3 * t['hand']:>9.3f} "
+            + " ".join(f"{1e3 * t[c]:>12.3f}" for c in cols)
+            + " "
+            + " ".join(f"{t[c] / t['hand']:>14.3f}" for c in cols),
+            flush=True,
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -221,23 +245,7 @@ def main() -> None:
     if "compiled" in impls:
         sec = first_step_seconds(impls["compiled"], a.batches[0], device)
         print(f"compiled pvae step: first two steps (compilation included) {sec:.1f} s")
-    cols = [c for c in ("pvae", "compiled", "pyro") if c in impls]
-    print(
-        f"{'batch':>6} {'hand ms':>9} "
-        + " ".join(f"{c + ' ms':>12}" for c in cols)
-        + " "
-        + " ".join(f"{c + '/hand':>14}" for c in cols)
-    )
-    for b in a.batches:
-        steps = 40 if b <= 128 else 10
-        t = per_step(impls, device, b, steps, a.repeats)
-        print(
-            f"{b:>6} {1e3 * t['hand']:>9.3f} "
-            + " ".join(f"{1e3 * t[c]:>12.3f}" for c in cols)
-            + " "
-            + " ".join(f"{t[c] / t['hand']:>14.3f}" for c in cols),
-            flush=True,
-        )
+    print_table(impls, device, a.batches, lambda b: 40 if b <= 128 else 10, a.repeats)
     if a.epoch:
         for name, sec in epoch_times(device).items():
             print(f"Fashion-MNIST epoch (54,000 images, batch 128) {name}: {sec:.2f} s")

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import copy
 import itertools
-import json
 import math
 import os
 import sys
@@ -38,6 +37,7 @@ import torch
 
 from pvae import diagnostics, distributed
 from pvae._checks import positive_int
+from pvae._json import dumps
 from pvae.checkpoint import CheckpointError
 from pvae.compare import add_parser as add_compare_parser
 from pvae.compare import save_evaluation
@@ -109,7 +109,7 @@ def _report_run(args: argparse.Namespace, out: Path, final: dict) -> None:
     if not _is_main():
         return
     if args.json:
-        print(_json({"run": str(out), **final}))
+        print(dumps({"run": str(out), **final}))
     elif not args.quiet:
         print(summary_table({"run": str(out), **final}))
 
@@ -124,21 +124,6 @@ def _device(module: torch.nn.Module) -> torch.device:
 def _is_main() -> bool:
     d = distributed.info()
     return d is None or d.is_main
-
-
-def _json(obj: dict) -> str:
-    """Strict JSON: non-finite floats, at any depth, as null (JSON has no NaN or infinity)."""
-
-    def clean(v: object) -> object:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj))
 
 
 def _external(path: str, run: Run) -> torch.Tensor:
@@ -173,25 +158,27 @@ def _evaluate(args: argparse.Namespace) -> int:
         x = _external(args.data, run).to(_device(run.vae))
         args.split = f"file:{args.data}"
     else:
+        pyro.set_rng_seed(args.seed)  # a dynamically binarized split: the same draw every time
         x = run.data.split(args.split).to(_device(run.vae)).observed()
     k = args.k if args.k is not None else run.config.eval.k
     if k < 0:
         raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {k}")
-    pyro.set_rng_seed(args.seed)
-    est = elbo_est = evaluate_elbo(
-        run.vae,
-        x,
-        num_samples=run.config.eval.num_samples
+    num_samples = (
+        run.config.eval.num_samples
         if args.num_samples is None
-        else positive_int("--num-samples", args.num_samples),
-        batch_size=run.config.eval.batch_size,
+        else positive_int("--num-samples", args.num_samples)
+    )
+    pyro.set_rng_seed(args.seed)
+    elbo_est = evaluate_elbo(
+        run.vae, x, num_samples=num_samples, batch_size=run.config.eval.batch_size
     )
     out = {
         "run": str(run.path),
         "split": args.split,
         "epoch": run.checkpoint["epoch"],
-        **est.summary(),
+        **elbo_est.summary(),
     }
+    est = None
     if k > 0:
         sharded = distributed.info() is not None
         # On stderr: minutes of silence read as a hang (one process: a sharded run's total is
@@ -223,30 +210,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     out["diagnostics"] = _diagnostics(run.vae, x)
     if not _is_main():
         return 0
-    if args.data is None:  # per-datapoint values, for pvae compare (a split, not a --data file)
-        out["stored"] = str(
-            save_evaluation(
-                run.path,
-                args.split,
-                x,
-                elbo=elbo_est,
-                log_px=est if k > 0 else None,
-                epoch=int(run.checkpoint["epoch"]),
-                meta={
-                    "seed": args.seed,
-                    "num_samples": args.num_samples or run.config.eval.num_samples,
-                    "max_k": args.max_k,
-                    "target_se": args.target_se,
-                },
+    if args.data is None and not args.no_store:  # per-datapoint values, for pvae compare
+        meta = {
+            "seed": args.seed,
+            "num_samples": num_samples,
+            "max_k": args.max_k,
+            "target_se": args.target_se,
+        }
+        try:
+            out["stored"] = str(
+                save_evaluation(
+                    run.path,
+                    args.split,
+                    x,
+                    elbo=elbo_est,
+                    log_px=est,
+                    epoch=int(run.checkpoint["epoch"]),
+                    meta=meta,
+                )
             )
-        )
+        except OSError as err:  # a read-only run folder: the report is still worth having
+            out["stored"] = None
+            print(
+                f"pvae evaluate: warning: per-datapoint values not stored: {err}", file=sys.stderr
+            )
     if args.json:
-        print(_json(out))
+        print(dumps(out))
         return 0
     print(f"{run.path}  split={args.split}  n={out['n']}  epoch={out['epoch']}")
     mc = out["elbo_mc_se"]
     draws = (
-        f"Monte Carlo s.e. {mc:.4f}, {args.num_samples or run.config.eval.num_samples} draws"
+        f"Monte Carlo s.e. {mc:.4f}, {num_samples} draws"
         if math.isfinite(mc)
         else "1 draw per datapoint"
     )
@@ -293,6 +287,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"  {est.adaptive}")
         if out.get("log_px_warning"):
             print(f"  WARNING: {out['log_px_warning']}")
+    if out.get("stored"):
+        print(f"  per-datapoint values in {out['stored']} (read by pvae compare)")
     return 0
 
 
@@ -350,7 +346,7 @@ def _bounds(args: argparse.Namespace) -> int:
     if args.plot:
         ladder.plot(args.plot)
     if args.json:
-        print(_json({"run": str(run.path), "split": args.split, **ladder.to_dict()}))
+        print(dumps({"run": str(run.path), "split": args.split, **ladder.to_dict()}))
     else:
         print(f"{run.path}  split={args.split}")
         print(ladder.table())
@@ -378,7 +374,7 @@ def _ais(args: argparse.Namespace) -> int:
     if not _is_main():
         return 0
     if args.json:
-        print(_json(out))
+        print(dumps(out))
         return 0
     print(f"{run.path}  split={args.split}")
     print(f"  {est}")
@@ -564,6 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    e.add_argument(
+        "--no-store",
+        action="store_true",
+        help="do not write RUN/evaluation/SPLIT.npz (the per-datapoint values pvae compare reads)",
+    )
     e.set_defaults(func=_evaluate)
 
     b = sub.add_parser("bounds", help="the ELBO ≤ IWAE_k ≤ log p(x) ladder of a trained run")

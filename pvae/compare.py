@@ -75,11 +75,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pvae._checks import positive_int
+from pvae._json import finite
 from pvae.checkpoint import atomic_write_bytes, load_checkpoint
 from pvae.evaluation.elbo import ElboEstimate
 from pvae.evaluation.log_px import LogPxEstimate
 from pvae.runs import read_run_config
 from pvae.train import CHECKPOINT, CONFIG
+from pvae.training.checkpointing import METRICS
 
 __all__ = [
     "Comparison",
@@ -99,7 +102,6 @@ __all__ = [
 EVALUATION_DIR = "evaluation"
 FORMAT = "pvae-evaluation"
 VERSION = 1
-METRICS = "metrics.json"
 
 # Settings that do not change what is trained: left out of a group's key.
 IGNORED_KEYS = frozenset(
@@ -107,7 +109,10 @@ IGNORED_KEYS = frozenset(
         "train.seed",
         "train.progress",
         "train.device",
+        "train.compile",  # the same model, compiled or not
         "eval.batch_size",
+        "eval.k",  # evaluation settings, stored with each evaluation (k is noted if it differs)
+        "eval.num_samples",
         "data.root",
         "data.download",
     }
@@ -351,13 +356,17 @@ def evaluate_run(
     run_ = load_run(run_dir, device=device)
     if run_.data is None:  # load_run with data=True always loads them
         raise ValueError(f"run {str(run_dir)!r}: its data could not be loaded")
-    x = run_.data.split(split).observed().to(device)
     cfg = run_.config.eval
     k = cfg.k if k is None else k
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"k must be a positive integer (or 0 to skip log p(x)), got {k!r}")
-    num_samples = cfg.num_samples if num_samples is None else num_samples
-    pyro.set_rng_seed(seed)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an integer (0 to skip log p(x)), got {k!r}")
+    if k < 0:
+        raise ValueError(f"k must be a positive integer (or 0 to skip log p(x)), got {k}")
+    num_samples = positive_int(
+        "num_samples", cfg.num_samples if num_samples is None else num_samples
+    )
+    pyro.set_rng_seed(seed)  # before observed(): a dynamically binarized split, drawn alike
+    x = run_.data.split(split).observed().to(device)
     elbo = evaluate_elbo(run_.vae, x, num_samples=num_samples, batch_size=cfg.batch_size)
     lp = log_px_fn(run_.vae, x, k=k, seed=seed) if k > 0 else None
     save_evaluation(
@@ -415,10 +424,10 @@ def _expand(runs: Sequence[str | Path]) -> list[Path]:
             raise ValueError(f"run folder {str(path)!r} does not exist")
         else:
             inner = sorted(
-                (p for p in path.iterdir() if (p / CONFIG).is_file()),
+                (p for p in path.iterdir() if (p / CONFIG).is_file()) if path.is_dir() else (),
                 key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)],
             )
-            if not path.is_dir() or not inner:
+            if not inner:
                 raise ValueError(
                     f"{str(path)!r} is not a pvae run folder ({CONFIG} is missing) nor a folder "
                     "of runs; train one with: pvae train --out RUN (or --seeds 0 1 2)"
@@ -468,6 +477,14 @@ def _read(path: Path, split: str) -> _Run:
             f"run has trained to epoch {last}; evaluate it again with: pvae evaluate {path} "
             f"--split {split}"
         )
+    for name, a in (("ELBO", ev.elbo), ("log p(x)", ev.log_px)):
+        bad = 0 if a is None else int((~np.isfinite(a)).sum())
+        if bad:  # one would make every mean and s.e. of the comparison NaN
+            raise ValueError(
+                f"run {str(path)!r}: {bad} of the {ev.n} stored {split} {name} values are not "
+                "finite (a datapoint the model gives no mass to, or a diverged model); a "
+                "comparison of means needs them all finite"
+            )
     return _Run(path, int(cfg["train"]["seed"]), cfg, history, ev)
 
 
@@ -580,19 +597,6 @@ def _difference(a: Group, b: Group, metric: str) -> Difference:
 # --------------------------------------------------------------------------- the comparison
 
 
-def _finite(v: Any) -> Any:
-    """Strict JSON: non-finite floats as ``None``, at any depth; paths as strings."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, Mapping):
-        return {str(k): _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
-
-
 _COLUMNS = {
     "train_elbo": "train ELBO",
     "val_elbo": "val ELBO",
@@ -672,7 +676,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, strictly JSON-able data (non-finite numbers as ``None``)."""
-        return _finite(
+        return finite(
             {
                 "split": self.split,
                 "metric": self.metric,

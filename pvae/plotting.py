@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from pvae.checkpoint import atomic_write_bytes
+from pvae.evaluation._psis import KHAT_LIMIT
 from pvae.evaluation.log_px import LogPxEstimate
 from pvae.model import VAE, point_estimate
 
@@ -379,7 +380,7 @@ def latent_manifold(
     centre = torch.zeros(d, device=dev)
     basis = torch.zeros(2, d, device=dev)
     if dims is None and x is not None and d > 2:
-        c, v, share = _pca(point_estimate(vae.encode(x)).double())
+        c, v, share = _pca(point_estimate(vae.encode(x.to(dev))).double())
         basis, centre = v.to(dev, torch.float32), c.to(dev, torch.float32)
         labels = (_pc_label(0, float(share[0])), _pc_label(1, float(share[1])))
         kind = "principal plane of the posterior means"
@@ -451,7 +452,7 @@ def latent_scatter(
         dpi: Resolution; ``None`` is :data:`DPI`.
         path: Where to save the figure (format by suffix).
     """
-    mu = point_estimate(vae.encode(x)).double().cpu()
+    mu = point_estimate(vae.encode(x.to(vae.device))).double().cpu()
     d = mu.shape[1]
     if labels is not None and len(labels) != len(mu):
         raise ValueError(f"labels must have one entry per datapoint ({len(mu)}), got {len(labels)}")
@@ -550,7 +551,7 @@ def _latent_centre_and_sd(
             scale = q_x.stddev
         except NotImplementedError:  # a flow guide: no closed-form moments
             scale = q_x.sample((1024,)).std(0)
-        centre, scale, what = point_estimate(q_x)[0], scale[0], "posterior sd at x"
+        centre, scale, what = point_estimate(q_x)[0], scale[0], "posterior sds at x"
     elif sd == "prior":
         p = vae.prior()
         try:
@@ -563,7 +564,7 @@ def _latent_centre_and_sd(
                 f"sd='prior' needs a prior with a finite standard deviation per dimension; "
                 f"{type(vae.prior).__name__} has none: use sd='aggregate' or sd='posterior'"
             )
-        what = "prior sd"
+        what = "prior sds"
         if q_x is not None:
             centre = point_estimate(q_x)[0]
     else:  # the aggregate posterior q(z) = mean_n q(z | x_n): Var = Var_n E[z|x_n] + E_n Var
@@ -577,7 +578,7 @@ def _latent_centre_and_sd(
             mu, var = z.mean(0), z.var(0)
         centre = mu.mean(0) if q_x is None else point_estimate(q_x)[0]
         scale = (mu.var(0, correction=0) + var.mean(0)).sqrt()
-        what = "aggregate-posterior sd"
+        what = "aggregate-posterior sds"
     return centre.reshape(-1), scale.reshape(-1), what
 
 
@@ -711,7 +712,7 @@ def traversals(
         dpi,
         col_labels=[f"{float(v):+.2g}" for v in offsets],
         row_labels=rows,
-        xlabel=f"offset from the centre ({what}s)",
+        xlabel=f"offset from the centre ({what})",
         ylabel=f"latent dimension ({by})" if by else "latent dimension",
         label_space=(1.6, 0.4),
     )
@@ -916,25 +917,31 @@ def khat_plot(
         path: Where to save the figure (format by suffix).
     """
     kh = est.khat.detach().double().cpu().numpy()
-    idx = np.flatnonzero(np.isfinite(kh))
+    # -inf: equal weights, the best case (drawn at the bottom); NaN: not computed; +inf: too
+    # few draws in the tail to fit (drawn at the top, counted unreliable).
+    idx = np.flatnonzero(~np.isnan(kh))
     plt = _plt()
     fig, ax = _figure(plt, figsize, dpi, (WIDTH, 3.0))
-    v = kh[idx]
-    bands = [
-        (v <= 0.5, "C0", "k̂ ≤ 0.5"),
-        ((v > 0.5) & (v <= 0.7), "C1", "0.5 < k̂ ≤ 0.7"),
-        (v > 0.7, "C3", "k̂ > 0.7"),
+    finite = kh[idx][np.isfinite(kh[idx])]
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    hi = max(1.0, float(finite.max())) if finite.size else 1.0
+    v = np.clip(kh[idx], lo, hi)
+    raw = kh[idx]
+    bands = [  # the project's threshold: k̂ ≥ KHAT_LIMIT is unreliable (log_px's warning)
+        (raw <= 0.5, "C0", "k̂ ≤ 0.5"),
+        ((raw > 0.5) & (raw < KHAT_LIMIT), "C1", f"0.5 < k̂ < {KHAT_LIMIT}"),
+        (raw >= KHAT_LIMIT, "C3", f"k̂ ≥ {KHAT_LIMIT}"),
     ]
     for mask, colour, label in bands:
         if mask.any():
             n = int(mask.sum())
             ax.scatter(idx[mask], v[mask], s=8, marker="+", color=colour, label=f"{label} ({n})")
     ax.axhline(0.5, ls="--", lw=1, color="C1", label="0.5: weight variance infinite above")
-    ax.axhline(0.7, ls="-.", lw=1, color="C3", label="0.7: s.e. unreliable above")
+    ax.axhline(
+        KHAT_LIMIT, ls="-.", lw=1, color="C3", label=f"{KHAT_LIMIT}: s.e. unreliable from here up"
+    )
     if not idx.size:
         ax.text(0.5, 0.5, "k̂ not computed (needs k ≥ 10)", transform=ax.transAxes, ha="center")
-    lo = min(0.0, float(v.min())) if v.size else 0.0
-    hi = max(1.0, float(v.max())) if v.size else 1.0
     ax.set_ylim(lo - 0.05, hi + 0.05)
     ax.set_xlim(-0.5, max(len(kh), 1) - 0.5)
     ax.set_xlabel("datapoint index")

@@ -350,10 +350,25 @@ def fit(
             if run_path is not None and main:
                 pictured = (val if val is not None else train).observed()
                 write_figures(module, run_path, state.history, pictured)
-        finally:
-            for hook in hooks:
-                hook.on_train_end(state.history)
+        except BaseException:
+            _end_hooks(hooks, state.history, failing=True)
+            raise
+        _end_hooks(hooks, state.history, failing=False)
     return FitResult(module, state.history, run_path)
+
+
+def _end_hooks(hooks: Sequence[Callback], history: list[dict[str, float]], failing: bool) -> None:
+    """Every hook's ``on_train_end``, each in turn even when an earlier one raises (a logger
+    must close its files); the first such error is raised afterwards, unless the run is
+    already ending with an error of its own (``failing``), which is the one to report."""
+    first: Exception | None = None
+    for hook in hooks:
+        try:
+            hook.on_train_end(history)
+        except Exception as err:
+            first = first or err
+    if first is not None and not failing:
+        raise first
 
 
 def _timings(n: int, start: float, trained: float, validated: bool) -> dict[str, float]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pvae.cli import main
+from pvae.cli import PLOTS, main
 
 QUICK = [
     "--set",
@@ -283,20 +283,7 @@ def test_zoo_components_are_recorded_and_rebuilt_by_evaluate(tmp_path, capsys):
     assert res["analytic_kl"] is False and res["log_px"] > res["elbo"] - 4 * res["log_px_se"]
 
 
-@pytest.mark.parametrize(
-    "what",
-    [
-        "manifold",
-        "samples",
-        "recon",
-        "curves",
-        "kl",
-        "khat",
-        "scatter",
-        "traversals",
-        "interpolation",
-    ],
-)
+@pytest.mark.parametrize("what", PLOTS)
 def test_plot_writes_each_figure(run_dir, what, tmp_path):
     out = tmp_path / f"{what}.png"
     assert (
@@ -486,9 +473,13 @@ def test_evaluate_and_bounds_print_the_same_elbo(run_dir, capsys):
 
 def test_evaluate_stores_what_compare_pools(run_dir, tmp_path, capsys):
     capsys.readouterr()
+    stored = run_dir / "evaluation" / "test.npz"
+    stored.unlink(missing_ok=True)
+    assert main(["evaluate", str(run_dir), "--k", "5", "--device", "cpu", "--no-store"]) == 0
+    assert not stored.exists()
     assert main(["evaluate", str(run_dir), "--k", "20", "--device", "cpu", "--quiet"]) == 0
-    assert (run_dir / "evaluation" / "test.npz").is_file()
-    capsys.readouterr()
+    assert f"per-datapoint values in {stored} (read by pvae compare)" in capsys.readouterr().out
+    assert stored.is_file()
     plot = tmp_path / "curves.png"
     assert main(["compare", str(run_dir), "--json", "--plot", str(plot)]) == 0
     out = json.loads(capsys.readouterr().out)

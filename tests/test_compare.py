@@ -206,6 +206,12 @@ def test_errors_name_the_run_and_the_fix(runs, tmp_path):
     save_evaluation(b, "test", x[:-1], elbo=pvae.evaluate_elbo(vae, x[:-1]), epoch=ev.epoch)
     with pytest.raises(ValueError, match=rf"runs '{a}' and '{b}' were evaluated on different"):
         compare([a, b])
+    # a datapoint with no mass: one NaN would make every mean and s.e. NaN
+    elbo = pvae.evaluate_elbo(vae, x)
+    elbo.elbo[3] = -math.inf
+    save_evaluation(b, "test", x, elbo=elbo, epoch=ev.epoch)
+    with pytest.raises(ValueError, match=rf"run '{b}': 1 of the 359 stored test ELBO values"):
+        compare([a, b])
     # a stale evaluation
     save_evaluation(b, "test", x, elbo=pvae.evaluate_elbo(vae, x), epoch=1)
     with pytest.raises(ValueError, match=rf"is of epoch 1.*pvae evaluate {b} --split test"):
@@ -216,6 +222,9 @@ def test_errors_name_the_run_and_the_fix(runs, tmp_path):
         compare([a, b])
     with pytest.raises(ValueError, match="does not exist"):
         compare([a, tmp_path / "nowhere"])
+    (tmp_path / "file.txt").write_text("")
+    with pytest.raises(ValueError, match="is not a pvae run folder"):
+        compare([a, tmp_path / "file.txt"])
     with pytest.raises(ValueError, match="is given twice"):
         compare([a, a])
     # the same configuration and seed twice: repeats, not seeds

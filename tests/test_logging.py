@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import io
 import math
+import re
 
 import pytest
 import torch
@@ -88,6 +89,29 @@ def test_an_exception_in_a_callback_stops_training_and_is_not_swallowed(tmp_path
     # The epoch's checkpoint was written before its callbacks ran: the run resumes after it.
     res = quick_fit(run_dir=tmp_path / "r", resume=True)
     assert [r["epoch"] for r in res.history] == [1, 2, 3]
+
+
+def test_every_hook_hears_the_end_and_the_runs_own_error_is_the_one_raised(tmp_path):
+    class BadEnd(Recorder):
+        def on_train_end(self, history):
+            super().on_train_end(history)
+            raise RuntimeError("could not close")
+
+    first, second = BadEnd(fail_at=2), Recorder()
+    with pytest.raises(OSError, match="the log disk is gone"):  # not the end hook's error
+        quick_fit(run_dir=tmp_path / "a", callbacks=[first, second])
+    assert first.calls[-1][0] == second.calls[-1][0] == "end"  # the second still closed
+    first, second = BadEnd(), Recorder()
+    with pytest.raises(RuntimeError, match="could not close"):  # a clean run: raised after all
+        quick_fit(run_dir=tmp_path / "b", callbacks=[first, second])
+    assert second.calls[-1][0] == "end"
+
+
+def test_a_csv_logger_into_a_missing_folder_fails_before_the_first_epoch(tmp_path):
+    rec = Recorder()
+    with pytest.raises(ValueError, match="CSVLogger path .* its folder .*nowhere' does not exist"):
+        quick_fit(callbacks=[rec, CSVLogger(tmp_path / "nowhere" / "m.csv")])
+    assert [c[0] for c in rec.calls] == ["begin", "end"]
 
 
 def test_callbacks_must_be_callback_objects():
@@ -294,12 +318,17 @@ def test_summary_table_names_the_metrics_and_pairs_values_with_their_se():
     )
     lines = table.splitlines()
     assert lines[0].split() == ["run", "folder", "runs/a"]
-    assert "val ELBO" in lines[4] and lines[4].endswith("-27.245 ± 0.300 nats (s.e.)")
+    assert "val ELBO" in lines[4] and lines[4].endswith("-27.245 ± 0.300 nats (s.e. over data)")
     assert lines[5].endswith("-26.501 nats") and "IWAE k=500" in lines[5]
     assert lines[6].endswith(" 5122") and lines[-1].endswith(" 3.142")
     col = lines[0].index("runs/a")
     assert all(line[col - 1] == " " and line[col] != " " for line in lines)  # one value column
     assert "val_elbo_se" not in table
+    assert "WARNING" not in table
+    for frac, warned in ((0.05, False), (0.056, True)):  # more than 5%: said where it is read
+        table = summary_table({"val_log_px": -22.15, "val_log_px_khat_frac": frac})
+        assert ("WARNING: PSIS k̂ ≥ 0.7 for 6% of the validation points" in table) is warned
+        assert re.search(rf"share of PSIS k̂ ≥ 0.7 +{frac:.3f}", table)
 
 
 # -- no validation split --------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import math
 import sys
 
 import matplotlib
@@ -267,6 +268,21 @@ def test_khat_plot_draws_both_thresholds_itself(monkeypatch, arviz_available):
     legend = tick_texts(ax.get_legend().get_texts())
     assert any(t.startswith("0.5") for t in legend) and any(t.startswith("0.7") for t in legend)
     assert sum(len(c.get_offsets()) for c in ax.collections) == 4  # the NaN is left out
+
+
+def test_khat_plot_bands_follow_the_warning_threshold_and_keep_infinite_values():
+    """-inf (equal weights, the best case) counts in the lowest band, +inf (too few tail draws
+    to fit) and exactly 0.7 in the unreliable one, as LogPxEstimate's warning counts them."""
+    kh = torch.tensor([-math.inf, 0.2, 0.7, math.inf, 0.6], dtype=torch.float64)
+    z = torch.zeros(5, dtype=torch.float64)
+    est = LogPxEstimate(log_px=z, se=z, ess=z + 1, khat=kh, k=100, num_dims=64)
+    ax = plotting.khat_plot(est).axes[0]
+    legend = tick_texts(ax.get_legend().get_texts())
+    assert "k̂ ≤ 0.5 (2)" in legend and "0.5 < k̂ < 0.7 (1)" in legend and "k̂ ≥ 0.7 (2)" in legend
+    assert est.unreliable_fraction == pytest.approx(2 / 5)
+    ys = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
+    lo, hi = ax.get_ylim()
+    assert np.isfinite(ys).all() and (lo <= ys).all() and (ys <= hi).all()
 
 
 def test_bad_images_are_rejected():

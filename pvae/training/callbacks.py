@@ -129,6 +129,7 @@ class CSVLogger(Callback):
         path: The CSV file (its folder must exist when training starts).
 
     Raises:
+        ValueError: (from ``on_train_begin``) the file's folder does not exist.
         WriteError: (from ``on_epoch_end``) the file could not be written; training stops.
     """
 
@@ -141,6 +142,11 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, info: TrainInfo) -> None:
         self.main = info["main"]
+        if self.main and not self.path.parent.is_dir():  # now, not after the first epoch
+            raise ValueError(
+                f"CSVLogger path {str(self.path)!r}: its folder {str(self.path.parent)!r} "
+                "does not exist"
+            )
         self.rows = [_scalars(r) for r in info["history"]]
         if self.main and self.rows:
             self._write()  # repairs a file that missed the last epoch before a crash

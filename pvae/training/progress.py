@@ -11,9 +11,9 @@ Progress adapts to where stderr goes:
 
 Per-epoch lines read, e.g.::
 
-    epoch   12/200  train ELBO -95.817  val ELBO -95.123 ± 0.210 (s.e.)  5120 img/s  2.31s
+    epoch   12/200  train ELBO -95.817  val ELBO -95.123 ± 0.210 (s.e. over data)  5120 img/s  2.31s
 
-where ``± 0.210 (s.e.)`` is the standard error of the validation mean over its datapoints
+where ``± 0.210 (s.e. over data)`` is the standard error of the validation mean over its datapoints
 (the spread of the estimate, not of the data), and img/s the training images per second.
 """
 
@@ -29,6 +29,8 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from pvae._checks import positive_float
+from pvae.evaluation._psis import KHAT_LIMIT
+from pvae.evaluation.log_px import KHAT_WARN_FRACTION
 
 __all__ = ["Progress", "summary_table", "task_progress"]
 
@@ -209,7 +211,7 @@ def epoch_line(record: Mapping[str, float], epochs: int) -> str:
     if "val_elbo" in record:
         line += f"  val ELBO {record['val_elbo']:10.3f}"
         if "val_elbo_se" in record:
-            line += f" ± {record['val_elbo_se']:.3f} (s.e.)"
+            line += f" ± {record['val_elbo_se']:.3f} (s.e. over data)"
     if "val_log_px" in record:
         line += f"  log p(x) ≥ {record['val_log_px']:.3f}"
     if "images_per_second" in record:
@@ -271,7 +273,7 @@ _NAMES = {
     "val_recon": "val reconstruction E_q[log p(x|z)]",
     "val_kl": "val KL(q(z|x) || p(z))",
     "val_log_px": "val log p(x) (IWAE, largest k)",
-    "val_log_px_khat_frac": "share of k-hat > 0.7",
+    "val_log_px_khat_frac": f"share of PSIS k̂ ≥ {KHAT_LIMIT}",
     "images_per_second": "training speed (images/s)",
     "epoch_seconds": "last epoch (seconds)",
     "val_seconds": "of which validation (seconds)",
@@ -313,7 +315,7 @@ def summary_table(record: Mapping[str, Any]) -> str:
         run folder               runs/a
         epochs                   3
         train ELBO (objective)   -27.477 nats
-        val ELBO                 -27.245 ± 0.300 nats (s.e.)
+        val ELBO                 -27.245 ± 0.300 nats (s.e. over data)
     """
     rows: list[tuple[str, str]] = []
     keys = sorted(record, key=lambda k: k != "run")
@@ -325,9 +327,16 @@ def summary_table(record: Mapping[str, Any]) -> str:
         unit = " nats" if key in nats or key.startswith("val_iwae_") else ""
         se = record.get(f"{key}_se")
         if se is not None:
-            value += f" ± {_number(se)}{unit} (s.e.)"
+            value += f" ± {_number(se)}{unit} (s.e. over data)"
         else:
             value += unit
         rows.append((_name(key), value))
     width = max((len(n) for n, _ in rows), default=0) + 3
-    return "\n".join(f"{n:<{width}}{v}".rstrip() for n, v in rows)
+    lines = [f"{n:<{width}}{v}".rstrip() for n, v in rows]
+    frac = record.get("val_log_px_khat_frac")
+    if isinstance(frac, float) and frac > KHAT_WARN_FRACTION:  # where the number is read
+        lines.append(
+            f"WARNING: PSIS k̂ ≥ {KHAT_LIMIT} for {100 * frac:.0f}% of the validation points: the "
+            "val log p(x) may be biased low; check it with pvae evaluate (more draws) or pvae ais"
+        )
+    return "\n".join(lines)
