@@ -260,3 +260,22 @@ def test_bench_gpu_fails_fast_without_a_gpu():
     assert proc.returncode == 2
     assert "needs a CUDA GPU" in proc.stderr
     assert elapsed < 5, f"took {elapsed:.1f} s to fail"
+
+
+def test_bench_gpu_script_runs_end_to_end_in_its_cpu_dry_run():
+    """No GPU has been lent to this project yet: the dry run (toy sizes, on the CPU) runs every
+    part of ``make bench-gpu`` so that the script itself is known to work when one is."""
+    env = {**os.environ, "PVAE_BENCH_GPU_DRYRUN": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "compiled/hand" in out and "peak GPU memory" in out
+    if "Fashion-MNIST not found" not in out:  # Debian's dataset-fashion-mnist is installed
+        assert "compiled: epoch" in out and "pvae compiled:" in out and "compiled bf16:" in out
+        assert "DDP smoke run" in out

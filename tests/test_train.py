@@ -142,7 +142,9 @@ def test_progress_shows_one_line_per_epoch_on_stderr(digits, capsys):
         "epoch    1/2",
         "epoch    2/2",
     ]
-    assert all("val ELBO" in line and " ± " in line and "(s.e.)" in line for line in lines)
+    assert all(
+        "val ELBO" in line and " ± " in line and "(s.e. over data)" in line for line in lines
+    )
     ips = res.final["images_per_second"]
     assert lines[-1].endswith(f"  {ips:.0f} img/s  {res.final['epoch_seconds']:.2f}s")
 
