@@ -29,7 +29,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyro
@@ -183,15 +183,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         sharded = distributed.info() is not None
         # On stderr: minutes of silence read as a hang (one process: a sharded run's total is
         # its own share).
-        with task_progress(
-            "log p(x)", x.shape[0] * k, show=not sharded and not args.quiet, unit="draws"
-        ) as advance:
-            seen = [0]
-
-            def tick(done: int, total: int) -> None:
-                advance(done - seen[0])
-                seen[0] = done
-
+        with _Phases([("log p(x)", "draws")], show=not sharded and not args.quiet) as tick:
             est = log_px(
                 run.vae,
                 x,
@@ -292,6 +284,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Phases:
+    """Progress lines on stderr for a computation that reports ``progress(done, total)`` phase
+    after phase, each counting from 0 (bounds: importance draws, then AIS, then BDMC): a new
+    :func:`~pvae.training.progress.task_progress` per phase, named from ``phases`` (its last
+    entry for any further phase). A context manager yielding the callback."""
+
+    def __init__(self, phases: Sequence[tuple[str, str]], show: bool) -> None:
+        self.phases, self.show = list(phases), show
+        self.stack = contextlib.ExitStack()
+        self.index, self.seen, self.total = -1, 0, -1
+        self.advance: Callable[[int], None] = lambda n: None
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        return self.tick
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def tick(self, done: int, total: int) -> None:
+        if total != self.total or done < self.seen or self.seen == self.total:  # a new phase
+            self.stack.close()
+            self.index += 1
+            name, unit = self.phases[min(self.index, len(self.phases) - 1)]
+            self.advance = self.stack.enter_context(
+                task_progress(name, total, show=self.show, unit=unit)
+            )
+            self.seen, self.total = 0, total
+        self.advance(done - self.seen)
+        self.seen = done
+
+
 def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -331,16 +354,25 @@ def _bounds(args: argparse.Namespace) -> int:
     run = load_run(args.run, device=args.device)
     x = run.data.split(args.split).to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
-    ladder = bounds(
-        run.vae,
-        x,
-        ks=args.k,
-        seed=args.seed,
-        distributed=distributed.info() is not None,
-        ais_steps=args.ais_steps,
-        ais_chains=args.ais_chains,
-        bdmc_n=args.bdmc,
-    )
+    sharded = distributed.info() is not None
+    phases = [
+        (f"IWAE draws (k={max(args.k)})", "draws"),
+        ("AIS", "steps"),
+        ("BDMC forward AIS", "steps"),
+        ("BDMC reverse AIS", "steps"),
+    ]
+    with _Phases(phases, show=not sharded and not args.quiet) as tick:
+        ladder = bounds(
+            run.vae,
+            x,
+            ks=args.k,
+            seed=args.seed,
+            distributed=sharded,
+            ais_steps=args.ais_steps,
+            ais_chains=args.ais_chains,
+            bdmc_n=args.bdmc,
+            progress=tick,
+        )
     if not _is_main():
         return 0
     if args.plot:
@@ -366,9 +398,12 @@ def _ais(args: argparse.Namespace) -> int:
         "start": args.start,
         "seed": args.seed,
     }
-    est = ais(run.vae, x, **settings)
+    phases = [("AIS", "steps"), ("BDMC forward AIS", "steps"), ("BDMC reverse AIS", "steps")]
+    n = positive_int("--bdmc", args.bdmc) if args.bdmc else 0  # checked before hours of AIS
+    with _Phases(phases, show=not args.quiet) as tick:
+        est = ais(run.vae, x, **settings, progress=tick)
+        sandwich = bdmc(run.vae, n=n, **settings, progress=tick) if n else None
     out = {"run": str(run.path), "split": args.split, "ais": est.summary(), "bdmc": None}
-    sandwich = bdmc(run.vae, n=positive_int("--bdmc", args.bdmc), **settings) if args.bdmc else None
     if sandwich is not None:
         out["bdmc"] = sandwich.summary()
     if not _is_main():
@@ -573,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="test", choices=("train", "val", "test"))
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--plot", metavar="PNG", help="also save the ladder plot")
+    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.add_argument("--device", default="auto")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--ais-steps", type=int, default=None, help="add AIS with this many steps")
@@ -602,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bdmc", type=int, default=0, metavar="N", help="also BDMC on N simulated datapoints"
     )
     a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     a.add_argument("--device", default="auto")
     a.add_argument("--seed", type=int, default=0)
     a.set_defaults(func=_ais)

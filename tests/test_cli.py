@@ -489,3 +489,38 @@ def test_evaluate_stores_what_compare_pools(run_dir, tmp_path, capsys):
     assert plot.is_file()
     assert main(["compare", str(run_dir)]) == 0
     assert "log p(x)" in capsys.readouterr().out
+
+
+def test_long_evaluations_report_progress_on_stderr(run_dir, monkeypatch, capsys):
+    """Every phase of evaluate, bounds and ais reaches 100% of its own total on stderr (the
+    plain lines a log file gets; here one per update); --quiet silences them; stdout stays
+    JSON."""
+    import functools
+
+    import pvae.cli
+    from pvae.training.progress import task_progress
+
+    monkeypatch.setattr(pvae.cli, "task_progress", functools.partial(task_progress, every=0.0))
+    capsys.readouterr()
+    base = ["--device", "cpu", "--json"]
+    assert main(["evaluate", str(run_dir), "--k", "30", "--no-store", *base]) == 0
+    out = capsys.readouterr()
+    json.loads(out.out)
+    assert "log p(x) 10770/10770 (100%)" in out.err  # 359 test points × 30 draws
+    args = ["--k", "1", "40", "--ais-steps", "6", "--ais-chains", "2", "--bdmc", "3"]
+    assert main(["bounds", str(run_dir), *args, *base]) == 0
+    out = capsys.readouterr()
+    json.loads(out.out)
+    for line in (
+        "IWAE draws (k=40) 14360/14360 (100%)",
+        "AIS 2154/2154 (100%)",  # 359 × 6 annealing steps
+        "BDMC forward AIS 18/18 (100%)",
+        "BDMC reverse AIS 18/18 (100%)",
+    ):
+        assert line in out.err, line
+    ais_args = ["--subset", "4", "--steps", "5", "--chains", "2", "--bdmc", "2"]
+    assert main(["ais", str(run_dir), *ais_args, *base]) == 0
+    err = capsys.readouterr().err
+    assert "AIS 20/20 (100%)" in err and "BDMC reverse AIS 10/10 (100%)" in err
+    assert main(["ais", str(run_dir), *ais_args, *base, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -406,7 +406,7 @@ def blocks(
         for i, start in enumerate(range(0, n, block))
         if d is None or i % d.world_size == d.rank
     ]
-    tally = _Tally(sum(min(block, n - start) for _, start in mine) * k, progress)
+    tally = Tally(sum(min(block, n - start) for _, start in mine) * k, progress)
     # Inputs were checked once in resolve; per-chunk argument validation would only cost time.
     with pyro.validation_enabled(False), param_sites(False):
         for i, start in mine:
@@ -430,7 +430,7 @@ def _block(
     dtype: torch.dtype,
     keep: bool,
     device: torch.device,
-    tally: _Tally | None = None,
+    tally: Tally | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One block of datapoints: k draws each, in chunks, into log-sum-exp accumulators."""
     lse = torch.full((b,), -math.inf, dtype=dtype, device=device)
@@ -448,7 +448,7 @@ def _block(
     return lse, lse2, kept
 
 
-class _Tally:
+class Tally:
     """Counts (datapoint, draw) pairs and tells ``progress(done, total)`` after each chunk."""
 
     def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:

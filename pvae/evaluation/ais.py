@@ -105,6 +105,7 @@ from pvae.evaluation._weights import (
     _FAST_WORKSET_ACCEL,
     DEFAULT_BUDGET,
     FusedWeights,
+    Tally,
     Target,
     _bytes_per_draw,
     resolve,
@@ -627,6 +628,7 @@ def _anneal(
     betas: list[float],
     settings: _Settings,
     noise: _Noise,
+    tally: Tally | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One block of chains through the schedule ``betas`` (increasing: forward; decreasing:
     reverse). Returns the ``(C, B)`` log weights, the mean acceptance ``(B,)`` and the final
@@ -640,6 +642,8 @@ def _anneal(
     moves = 0
     for t in range(1, len(betas)):
         log_w = log_w + (betas[t] - betas[t - 1]) * ell.to(torch.float64)
+        if tally is not None:
+            tally.add(b)
         if t == len(betas) - 1:
             break
         beta = betas[t]
@@ -681,6 +685,7 @@ class _Settings:
     memory_budget: int
     seed: int | None
     fast: bool | None
+    progress: Callable[[int, int], None] | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "chains", "leapfrog"):
@@ -704,6 +709,10 @@ class _Settings:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(
                 f"seed must be an integer or None, got {seed!r} ({type(seed).__name__})"
+            )
+        if self.progress is not None and not callable(self.progress):
+            raise TypeError(
+                f"progress must be a callable (done, total) or None, got {self.progress!r}"
             )
 
 
@@ -797,6 +806,7 @@ def _run(
     if reverse:
         betas = betas[::-1]
     block = _block_size(target, layout, chains, settings.memory_budget)
+    tally = Tally(n * (len(betas) - 1), settings.progress)
     log_w, accept, eps = [], [], []
     with pyro.validation_enabled(False), param_sites(False):
         for i in range(0, n, block):
@@ -808,7 +818,7 @@ def _run(
                 u = _start_values(target, layout, i, j, chains, start, seed)
             state = energy.prepare(xb, target.kwargs_for(i, j))
             noise = _Noise(seed, torch.arange(i, j, device=xs.device), int(reverse))
-            lw, acc, e = _anneal(energy, layout, state, u, betas, settings, noise)
+            lw, acc, e = _anneal(energy, layout, state, u, betas, settings, noise, tally)
             log_w.append(lw.T.to(torch.float64))
             accept.append(acc)
             eps.append(e)
@@ -871,6 +881,7 @@ def ais(
     memory_budget: int = DEFAULT_BUDGET,
     seed: int | None = 0,
     fast: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AISEstimate:
     """Forward annealed importance sampling: a stochastic lower bound on log p(x) per datapoint
     that tightens to log p(x) as ``steps`` grows (see the module docstring).
@@ -895,6 +906,8 @@ def ais(
         seed: Seed of the draws (the numbers do not depend on the blocks); ``None``: global RNG.
         fast: Use the fused energy for a standard :class:`~pvae.VAE` (``None``/``True``), or
             force the trace path (``False``).
+        progress: Called after each annealing step of each block of datapoints as
+            ``progress(done, total)``, in (datapoint, step) pairs (T per datapoint).
 
     Returns:
         An :class:`AISEstimate` with ``direction="forward"``.
@@ -924,6 +937,7 @@ def ais(
         memory_budget,
         seed,
         fast,
+        progress,
     )
     return _run(model, x_or_guide, x, kwargs, None, settings)
 
@@ -946,6 +960,7 @@ def reverse_ais(
     memory_budget: int = DEFAULT_BUDGET,
     seed: int | None = 0,
     fast: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AISEstimate:
     """Reverse annealed importance sampling from exact posterior samples: a stochastic upper
     bound on log p(x) per datapoint (see the module docstring for the derivation).
@@ -976,6 +991,7 @@ def reverse_ais(
         memory_budget,
         seed,
         fast,
+        progress,
     )
     return _run(model, x_or_guide, x, kwargs, latents, settings)
 
@@ -1046,6 +1062,7 @@ def bdmc(
     memory_budget: int = DEFAULT_BUDGET,
     seed: int = 0,
     fast: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BDMCResult:
     """Bidirectional Monte Carlo (Grosse et al. 2015, 2016): simulate n datapoints with their
     latents from the model, then sandwich log p(x) between forward AIS (lower bound) and reverse
@@ -1057,7 +1074,8 @@ def bdmc(
         x_or_guide: The guide, when ``model`` is a callable.
         n: Datapoints to simulate.
 
-    Every other argument is as in :func:`ais`; ``seed`` seeds the simulation too.
+    Every other argument is as in :func:`ais`; ``seed`` seeds the simulation too, and
+    ``progress`` hears the forward run, then the reverse run, each counting from 0.
 
     Returns:
         A :class:`BDMCResult`.
@@ -1084,6 +1102,7 @@ def bdmc(
         "memory_budget": memory_budget,
         "seed": seed,
         "fast": fast,
+        "progress": progress,
     }
     forward = ais(program, x, **knobs)
     reverse = reverse_ais(program, x, latents=latents, **knobs)

@@ -21,7 +21,7 @@ with the reconstruction and KL terms. The gap estimates KL(q(z | x) ‖ p(z | x)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,7 @@ def bounds(
     ais_steps: int | None = None,
     ais_chains: int = 16,
     bdmc_n: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BoundLadder:
     """Compute the ELBO-to-IWAE bound ladder on data ``x``.
 
@@ -205,6 +206,9 @@ def bounds(
         ais_chains: Independent AIS chains per datapoint.
         bdmc_n: With ``ais_steps``, also run BDMC (:func:`pvae.bdmc`) on this many datapoints
             simulated from the model: the gap bounds the error of AIS with these settings.
+        progress: ``progress(done, total)`` through each phase in turn, each counting from 0:
+            the importance draws ((datapoint, draw) pairs, k_max per datapoint), then AIS and
+            BDMC's forward and reverse runs ((datapoint, step) pairs).
 
     Returns:
         A :class:`BoundLadder`.
@@ -225,7 +229,9 @@ def bounds(
     x = target.x
     block, chunk = plan(target, kmax, memory_budget, dtype, keep=True)
     parts: dict[int, Tensor] = {}
-    for i, lse, lse2, kept in blocks(target, kmax, block, chunk, dtype, True, seed, distributed):
+    for i, lse, lse2, kept in blocks(
+        target, kmax, block, chunk, dtype, True, seed, distributed, progress
+    ):
         cols = [lse, lse2, torch.from_numpy(pareto_khat(kept.cpu().numpy())).to(lse)]
         for k in ks[:-1]:
             g = kmax // k
@@ -266,6 +272,7 @@ def bounds(
             kwargs=target.kwargs or None,
             memory_budget=memory_budget,
             seed=s,
+            progress=progress,
         ).summary()
         if bdmc_n:
             if target.kwargs:
@@ -275,7 +282,7 @@ def bounds(
                 )
             n = positive_int("bdmc_n", bdmc_n)
             bdmc_summary = bdmc(
-                target.program, n=n, steps=ais_steps, chains=ais_chains, seed=s
+                target.program, n=n, steps=ais_steps, chains=ais_chains, seed=s, progress=progress
             ).summary()
     return BoundLadder(
         n=x.shape[0],
