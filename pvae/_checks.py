@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -29,6 +30,19 @@ def positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value}")
     return value
+
+
+def figure_path(name: str, value: str) -> Path:
+    """A figure file to write (PNG, PDF or SVG by its suffix) in a folder that exists, checked
+    before the work that draws it; ``name`` is the option (``"--out"``, ``"--plot"``)."""
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(
+            f"{name} must be a file path such as {value}/x.png, got the folder {value!r}"
+        )
+    if not path.parent.is_dir():
+        raise ValueError(f"{name} {value!r}: folder {str(path.parent)!r} does not exist")
+    return path
 
 
 def one_of(name: str, value: Any, valid: Iterable[str]) -> str:

@@ -36,7 +36,7 @@ import pyro
 import torch
 
 from pvae import diagnostics, distributed
-from pvae._checks import positive_int
+from pvae._checks import figure_path, positive_int
 from pvae._json import dumps
 from pvae.checkpoint import CheckpointError
 from pvae.compare import add_parser as add_compare_parser
@@ -448,7 +448,7 @@ def _plot(args: argparse.Namespace) -> int:
         _needs_vae(run.vae, f"--what {args.what}")
     x = run.data.test.to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
-    out = _figure_path(args.out) if args.out else run.path / f"{args.what}.png"
+    out = figure_path("--out", args.out) if args.out else run.path / f"{args.what}.png"
     style = {"figsize": _size(args.size), "dpi": _dpi(args.dpi), "path": out}
     if args.what == "manifold":
         plotting.latent_manifold(run.vae, x=x, **style)
@@ -500,19 +500,9 @@ def _dpi(dpi: int | None) -> int | None:
     return None if dpi is None else positive_int("--dpi", dpi)
 
 
-def _figure_path(out: str) -> Path:
-    """A figure's ``--out``: a file (PNG or PDF by its suffix) in a folder that exists."""
-    path = Path(out)
-    if path.is_dir():
-        raise ValueError(f"--out must be a file path such as {out}/x.png, got the folder {out!r}")
-    if not path.parent.is_dir():
-        raise ValueError(f"--out {out!r}: folder {str(path.parent)!r} does not exist")
-    return path
-
-
 def _sample(args: argparse.Namespace) -> int:
     n = positive_int("-n", args.n)
-    out = _figure_path(args.out)
+    out = figure_path("--out", args.out)
     run = load_run(args.run, device=args.device, data=False)  # the prior needs no data
     if not callable(getattr(run.vae, "sample", None)):
         raise ValueError(f"{type(run.vae).__name__} has no sample(n) method: nothing to draw")

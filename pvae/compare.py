@@ -75,8 +75,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pvae._checks import positive_int
-from pvae._json import finite
+from pvae._checks import figure_path, positive_int
+from pvae._json import dumps, finite
 from pvae.checkpoint import atomic_write_bytes, load_checkpoint
 from pvae.evaluation.elbo import ElboEstimate
 from pvae.evaluation.log_px import LogPxEstimate
@@ -984,12 +984,9 @@ def run(args: argparse.Namespace) -> int:
     """``pvae compare``: print the table (or JSON) and save the plot; returns the exit status."""
     result = compare(args.runs, split=args.split, reference=args.reference)
     if args.plot:
-        plot = Path(args.plot)
-        if plot.is_dir() or not plot.parent.is_dir():
-            raise ValueError(f"--plot must be a file path in an existing folder, got {args.plot!r}")
-        result.plot(plot)
+        result.plot(figure_path("--plot", args.plot))
     if args.json:
-        print(json.dumps(result.to_dict(), allow_nan=False))
+        print(dumps(result.to_dict()))
     else:
         print(result.table())
         if args.plot:

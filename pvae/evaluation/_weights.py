@@ -96,12 +96,7 @@ class FusedWeights:
                 return self._compiled(xb, q, prior, c)
             except Exception as err:
                 out = self._draw(xb, q, prior, c)  # the user's own error raises here
-                self.fallback = failure(err)
-                print(
-                    f"pvae: note: torch.compile is unavailable here ({self.fallback}); "
-                    "estimating eagerly",
-                    file=sys.stderr,
-                )
+                self.fallback = failure(err, "estimating eagerly")
                 return out
         return self._compiled(xb, q, prior, c)
 

@@ -192,10 +192,15 @@ def compile_mode(device: torch.device) -> str | None:
     return "reduce-overhead" if device.type == "cuda" else None
 
 
-def failure(err: BaseException) -> str:
-    """One line naming why compilation failed: the exception's type and first line."""
+def failure(err: BaseException, instead: str, quiet: bool = False) -> str:
+    """One line naming why compilation failed (the exception's type and first line), said on
+    stderr with what runs ``instead`` unless ``quiet``; returned for the ``fallback``
+    attribute."""
     text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+    why = f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+    if not quiet:
+        print(f"pvae: note: torch.compile is unavailable here ({why}); {instead}", file=sys.stderr)
+    return why
 
 
 def _graphs() -> int:
@@ -317,13 +322,7 @@ class CompiledObjective:
                 raise
             # A compiler failure, or the user's own error: eager raises the latter as usual.
             out = self._eager(x, size)
-            self.fallback = failure(err)
-            if not self.quiet:
-                print(
-                    f"pvae: note: torch.compile is unavailable here ({self.fallback}); "
-                    "training eagerly on the fused path",
-                    file=sys.stderr,
-                )
+            self.fallback = failure(err, "training eagerly on the fused path", self.quiet)
             return out
         if first:
             self.compile_seconds = time.perf_counter() - t0

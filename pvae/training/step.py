@@ -407,12 +407,7 @@ class TrainStep:
             try:
                 self._opt_step()
             except Exception as err:
-                if not self.quiet:
-                    print(
-                        f"pvae: note: the optimizer step does not compile here "
-                        f"({fused.failure(err)}); it runs eagerly",
-                        file=sys.stderr,
-                    )
+                fused.failure(err, "the optimizer step runs eagerly", self.quiet)
                 self._opt_step = self.optimizer.step
                 self._opt_state = "eager"
                 self._opt_step()
