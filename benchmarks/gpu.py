@@ -103,13 +103,13 @@ def peak_mb(device: torch.device) -> float:
 
 
 def step_table(device: torch.device) -> None:
-    print("\n== training step (784-200-200-50, ms per step, median of interleaved repeats) ==")
+    print("\n== training step (784-200-200-50, ms per step, median of interleaved rounds) ==")
     peak_reset(device)
     impls = train_step.make_impls(device, compile=True)
     sec = train_step.first_step_seconds(impls["compiled"], 20, device)
     print(f"compiled pvae step: first two steps (compilation, CUDA graph capture) {sec:.1f} s")
     train_step.print_table(
-        impls, device, BATCHES, lambda b: 100 if b <= 128 else 30, 7 if not DRYRUN else 1
+        impls, device, BATCHES, lambda b: 50 if b <= 128 else 20, 20 if not DRYRUN else 2
     )
     print(f"peak GPU memory (step table): {peak_mb(device):.0f} MB")
 

@@ -7,11 +7,13 @@ same 784-200-200-50 tanh MLP VAE with a Bernoulli decoder.
     python benchmarks/train_step.py --no-compile       # skip the compiled column
     python benchmarks/train_step.py --epoch            # also one Fashion-MNIST epoch each
 
-Per-step time is the median over interleaved repeats of a fixed number of steps on one fixed
-minibatch (no data handling); the ratio is time / hand-written time (1.0 = same speed). The
-hand-written step computes the same math: reparameterized draw, Bernoulli log-likelihood,
-analytic Gaussian KL, Adam. Every implementation uses the same Adam implementation (foreach where
-torch supports it), so the ratios measure framework overhead, not optimizer choice.
+Per-step time is the median over rounds; in each round every implementation runs a short block of
+steps on one fixed minibatch (no data handling), in alternating order. The ratio is time /
+hand-written time (1.0 = same speed) taken round by round, so the blocks compared ran back to back:
+its median and quartiles over rounds are printed, which keeps a slow spell of a shared machine out
+of the figure. The hand-written step computes the same math: reparameterized draw, Bernoulli
+log-likelihood, analytic Gaussian KL, Adam. Every implementation uses the same Adam implementation
+(foreach where torch supports it), so the ratios measure framework overhead, not optimizer choice.
 
 The compiled step is built once and serves every batch size (the batch dimension is dynamic);
 its compilation time (first step) is printed separately and not in the per-step figures.
@@ -23,6 +25,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -137,25 +140,46 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class Timing(NamedTuple):
+    """Per-step seconds of each implementation, one entry per round of :func:`time_interleaved`."""
+
+    rounds: dict[str, list[float]]
+
+    def seconds(self, name: str) -> float:
+        """Median seconds per step."""
+        return statistics.median(self.rounds[name])
+
+    def ratio(self, name: str, ref: str = "hand") -> tuple[float, float, float]:
+        """Median and quartiles over rounds of ``name``'s time / ``ref``'s time in the same round
+        (the two ran back to back, so a slow spell of a shared machine cancels)."""
+        r = sorted(a / b for a, b in zip(self.rounds[name], self.rounds[ref], strict=True))
+        q1, med, q3 = statistics.quantiles(r, n=4) if len(r) > 1 else (r[0],) * 3
+        return med, q1, q3
+
+
 def time_interleaved(
-    impls: dict, x: torch.Tensor, idx: torch.Tensor, steps: int, repeats: int
-) -> dict[str, float]:
-    """Median seconds per step of each implementation, timed in interleaved repeats (so a
-    slow spell of the machine hits all of them) after 5 warm-up steps each."""
+    impls: dict, x: torch.Tensor, idx: torch.Tensor, steps: int, rounds: int
+) -> Timing:
+    """Time each implementation in ``rounds`` rounds of ``steps`` steps, after 5 warm-up steps
+    each. Within a round every implementation runs once, in alternating order (forwards, then
+    backwards next round), so each block sits next to the others in time; ratios are then taken
+    round by round (:meth:`Timing.ratio`)."""
     device = x.device
     times: dict[str, list[float]] = {k: [] for k in impls}
     for step in impls.values():  # warm-up
         for _ in range(5):
             step(x, idx)
-    for _ in range(repeats):
-        for name, step in impls.items():
+    names = list(impls)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            step = impls[name]
             sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(x, idx)
             sync(device)
             times[name].append((time.perf_counter() - t0) / steps)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return Timing(times)
 
 
 def make_impls(device: torch.device, compile: bool) -> dict:
@@ -177,10 +201,10 @@ def first_step_seconds(step, batch: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def per_step(impls: dict, device: torch.device, batch: int, steps: int, repeats: int) -> dict:
+def per_step(impls: dict, device: torch.device, batch: int, steps: int, rounds: int) -> Timing:
     x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
     idx = torch.arange(batch, device=device)
-    return time_interleaved(impls, x, idx, steps, repeats)
+    return time_interleaved(impls, x, idx, steps, rounds)
 
 
 def epoch_times(device: torch.device) -> dict[str, float]:
@@ -205,25 +229,32 @@ def epoch_times(device: torch.device) -> dict[str, float]:
     return out
 
 
+def ratio_text(t: Timing, name: str) -> str:
+    """``median [q1, q3]`` of the per-round ratio to the hand-written step."""
+    med, q1, q3 = t.ratio(name)
+    return f"{med:.3f} [{q1:.2f}, {q3:.2f}]"
+
+
 def print_table(
-    impls: dict, device: torch.device, batches: list[int], steps: Callable[[int], int], repeats: int
+    impls: dict, device: torch.device, batches: list[int], steps: Callable[[int], int], rounds: int
 ) -> None:
-    """Milliseconds per step of each implementation and its ratio to the hand-written one, one
-    row per batch size (``steps(b)`` steps per timed repeat)."""
+    """Milliseconds per step of each implementation (median over rounds) and its time / the
+    hand-written step's time (median over rounds, [quartiles]), one row per batch size
+    (``steps(b)`` steps per block)."""
     cols = [c for c in ("pvae", "compiled", "pyro") if c in impls]
     print(
         f"{'batch':>6} {'hand ms':>9} "
         + " ".join(f"{c + ' ms':>12}" for c in cols)
         + " "
-        + " ".join(f"{c + '/hand':>14}" for c in cols)
+        + " ".join(f"{c + '/hand [IQR]':>22}" for c in cols)
     )
     for b in batches:
-        t = per_step(impls, device, b, steps(b), repeats)
+        t = per_step(impls, device, b, steps(b), rounds)
         print(
-            f"{b:>6} {1e3 * t['hand']:>9.3f} "
-            + " ".join(f"{1e3 * t[c]:>12.3f}" for c in cols)
+            f"{b:>6} {1e3 * t.seconds('hand'):>9.3f} "
+            + " ".join(f"{1e3 * t.seconds(c):>12.3f}" for c in cols)
             + " "
-            + " ".join(f"{t[c] / t['hand']:>14.3f}" for c in cols),
+            + " ".join(f"{ratio_text(t, c):>22}" for c in cols),
             flush=True,
         )
 
@@ -232,7 +263,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--batches", type=int, nargs="+", default=[20, 128, 1000])
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=60, help="timed rounds per batch size")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled pvae column")
     p.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch")
     a = p.parse_args()
@@ -245,7 +276,7 @@ def main() -> None:
     if "compiled" in impls:
         sec = first_step_seconds(impls["compiled"], a.batches[0], device)
         print(f"compiled pvae step: first two steps (compilation included) {sec:.1f} s")
-    print_table(impls, device, a.batches, lambda b: 40 if b <= 128 else 10, a.repeats)
+    print_table(impls, device, a.batches, lambda b: 5 if b <= 128 else 2, a.rounds)
     if a.epoch:
         for name, sec in epoch_times(device).items():
             print(f"Fashion-MNIST epoch (54,000 images, batch 128) {name}: {sec:.2f} s")

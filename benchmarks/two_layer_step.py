@@ -16,9 +16,9 @@ the same weights and the same minibatch:
 * ``pyro svi``: ``pyro.infer.SVI`` with ``pyro.optim.Adam`` on ``m.model``/``m.guide``, Pyro's
   own route (parameters announced as param sites every step).
 
-Per-step time is the median over interleaved repeats; ratios are against ``hand`` (1.0 = same
-speed). Before timing, the hand-written loss is checked equal to Pyro's for the same draws.
-"""
+Per-step time is the median over interleaved rounds; ratios are against ``hand`` (1.0 = same
+speed), taken round by round and printed as median [quartiles] (as in ``train_step.py``). Before
+timing, the hand-written loss is checked equal to Pyro's for the same draws."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import pyro
 import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
-from train_step import time_interleaved, update  # same timing and optimizer step
+from train_step import Timing, ratio_text, time_interleaved, update  # same timing, step
 
 import pvae
 from pvae.training.step import StepOptions, fit_context, make_loss, make_optimizer
@@ -114,17 +114,17 @@ def check_equal(device: torch.device) -> float:
     return abs(a - b)
 
 
-def per_step(device: torch.device, batch: int, n: int, repeats: int) -> dict[str, float]:
+def per_step(device: torch.device, batch: int, n: int, rounds: int) -> Timing:
     x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
     idx = torch.arange(batch, device=device)
-    return time_interleaved(steps(device), x, idx, n, repeats)
+    return time_interleaved(steps(device), x, idx, n, rounds)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--batches", type=int, nargs="+", default=[20, 128, 1000])
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=40, help="timed rounds per batch size")
     a = p.parse_args()
     device = torch.device(a.device)
     print(
@@ -133,15 +133,15 @@ def main() -> None:
     )
     print(f"hand-written loss vs Pyro's Trace_ELBO, same draws: |diff| = {check_equal(device):.2e}")
     print(
-        f"{'batch':>6} {'hand ms':>9} {'pvae ms':>9} {'svi ms':>9} {'pvae/hand':>10} "
-        f"{'svi/hand':>10}"
+        f"{'batch':>6} {'hand ms':>9} {'pvae ms':>9} {'svi ms':>9} {'pvae/hand [IQR]':>22} "
+        f"{'svi/hand [IQR]':>22}"
     )
     for b in a.batches:
-        n = 40 if b <= 128 else 10
-        t = per_step(device, b, n, a.repeats)
+        t = per_step(device, b, 5 if b <= 128 else 2, a.rounds)
         print(
-            f"{b:>6} {1e3 * t['hand']:>9.3f} {1e3 * t['pvae']:>9.3f} {1e3 * t['pyro svi']:>9.3f} "
-            f"{t['pvae'] / t['hand']:>10.3f} {t['pyro svi'] / t['hand']:>10.3f}",
+            f"{b:>6} {1e3 * t.seconds('hand'):>9.3f} {1e3 * t.seconds('pvae'):>9.3f} "
+            f"{1e3 * t.seconds('pyro svi'):>9.3f} {ratio_text(t, 'pvae'):>22} "
+            f"{ratio_text(t, 'pyro svi'):>22}",
             flush=True,
         )
 

@@ -94,6 +94,20 @@ def test_inductor_equals_eager(inductor):
     assert compiled.compile_seconds is not None and compiled.fallback is None
 
 
+def test_cpu_options_reach_inductor_and_an_explicit_mode_is_kept(monkeypatch):
+    """On the CPU, Inductor's default mode gets ``fused.CPU_OPTIONS`` (the latent kernel split
+    over threads); a mode given by the caller goes to torch.compile unchanged (it takes one or
+    the other)."""
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    for mode in ("auto", "max-autotune-no-cudagraphs"):
+        CompiledObjective(FusedObjective("meanfield_elbo"), small(), mode=mode)(X.double(), 60)
+    assert seen == [
+        {"backend": "inductor", "options": {"cpp.min_chunk_size": 64}},
+        {"backend": "inductor", "mode": "max-autotune-no-cudagraphs"},
+    ]
+
+
 @pytest.mark.parametrize(
     ("prior", "kind", "estimator", "free_bits"),
     [
