@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := $(wildcard pvae tests benchmarks examples docs)
 
-.PHONY: install run test lint format bench bench-gpu docs clean
+.PHONY: install run test test-gpu lint format bench bench-gpu docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ format: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q --doctest-modules pvae tests
+
+test-gpu: $(STAMP)  ## on a CUDA machine: the tests marked cuda (skipped elsewhere, as in `make test`)
+	$(BIN)/pytest -q -m cuda tests
 
 bench: $(STAMP)  ## training step, log p(x) and AIS throughput: pvae vs Pyro vs hand-written PyTorch
 	$(BIN)/python benchmarks/train_step.py

@@ -1,8 +1,10 @@
-"""Worker run by tests/test_distributed.py under torchrun (2 gloo processes on the CPU).
+"""Worker run by tests/test_distributed.py under torchrun (2 gloo processes on the CPU, or 2 nccl
+processes, one GPU each, with ``PVAE_TEST_DDP_DEVICE=cuda``).
 
 Usage: ddp_worker.py MODE OUT   with MODE one of train, train_generic, evaluate, fail.
 """
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -16,6 +18,7 @@ import pvae
 from pvae import distributed
 
 N, B = 64, 8  # 64 datapoints; per-rank batch 8 (the single-process reference uses 16)
+DEVICE = os.environ.get("PVAE_TEST_DDP_DEVICE", "cpu")  # "cuda": each rank its own GPU
 
 
 def data() -> torch.Tensor:
@@ -82,12 +85,12 @@ def train(out: str, make: Callable[[], nn.Module] = noiseless_vae) -> None:
         batch_size=batch,
         lr=1e-2,
         progress=False,
-        device="cpu",
+        device=DEVICE,
         on_epoch=check,
     )
     assert all(seen.values()) and len(seen) == len(list(vae.parameters())), seen
     if d is None or d.is_main:
-        torch.save({k: v.detach() for k, v in vae.state_dict().items()}, out)
+        torch.save({k: v.detach().cpu() for k, v in vae.state_dict().items()}, out)
 
 
 def evaluate(out: str) -> None:

@@ -1,5 +1,5 @@
 """Data-parallel training and evaluation with torch.distributed: 2 gloo processes on the CPU,
-launched by torchrun exactly as users launch them."""
+launched by torchrun exactly as users launch them (and 2 nccl processes where two GPUs are)."""
 
 import json
 import os
@@ -32,21 +32,22 @@ def torchrun(*args: str, timeout: float = 240, env: dict | None = None):
     )
 
 
-def single(*args: str):
+def single(*args: str, env: dict | None = None):
     return subprocess.run(
         [sys.executable, str(WORKER), *args],
         capture_output=True,
         text=True,
         timeout=240,
         cwd=HERE.parent,
+        env={**os.environ, **(env or {})},
     )
 
 
-def distributed_and_single(mode: str, tmp_path: Path) -> tuple[dict, dict]:
+def distributed_and_single(mode: str, tmp_path: Path, env: dict | None = None) -> tuple[dict, dict]:
     """Run the worker in ``mode`` on 2 ranks and in one process; return both results."""
     for name, proc in (
-        ("ddp", lambda out: torchrun(str(WORKER), mode, out)),
-        ("one", lambda out: single(mode, out)),
+        ("ddp", lambda out: torchrun(str(WORKER), mode, out, env=env)),
+        ("one", lambda out: single(mode, out, env=env)),
     ):
         res = proc(str(tmp_path / f"{name}.pt"))
         assert res.returncode == 0, res.stderr[-3000:]
@@ -61,6 +62,17 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(mode, tmp_path):
         # Same minibatches, same (noiseless) draws, gradients averaged over ranks: the runs
         # differ only by float32 summation order, so 1e-5 relative after 12 Adam steps.
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_two_gpus_over_nccl_match_one_gpu_with_batch_2b(tmp_path):
+    a, b = distributed_and_single("train", tmp_path, env={"PVAE_TEST_DDP_DEVICE": "cuda"})
+    assert a.keys() == b.keys()
+    for k in a:
+        # As on the CPU, but nccl's all-reduce and cuBLAS choose their own summation orders
+        # for batches of 8 and 16: float32 rounding, compounded over 12 Adam steps.
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_distributed_evaluation_equals_one_process_exactly(tmp_path):

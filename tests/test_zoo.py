@@ -224,6 +224,7 @@ def test_save_load_round_trip_rebuilds_the_same_model(tmp_path):
         torch.testing.assert_close(la, lb)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("prior", sorted(PRIOR_KW))
 def test_components_run_on_cuda(prior):
