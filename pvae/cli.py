@@ -351,6 +351,7 @@ def _diagnostics(vae: VAE, x: torch.Tensor, subset: int = 1000) -> dict:
 
 
 def _bounds(args: argparse.Namespace) -> int:
+    plot = figure_path("--plot", args.plot) if args.plot else None  # before minutes of work
     run = load_run(args.run, device=args.device)
     x = run.data.split(args.split).to(_device(run.vae)).observed()
     pyro.set_rng_seed(args.seed)
@@ -375,8 +376,8 @@ def _bounds(args: argparse.Namespace) -> int:
         )
     if not _is_main():
         return 0
-    if args.plot:
-        ladder.plot(args.plot)
+    if plot is not None:
+        ladder.plot(plot)
     if args.json:
         print(dumps({"run": str(run.path), "split": args.split, **ladder.to_dict()}))
     else:

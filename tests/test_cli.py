@@ -136,6 +136,25 @@ def test_bounds_prints_the_ladder_and_a_plot(run_dir, tmp_path, capsys):
     assert "ks entries must be a positive integer, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("plot", "match"),
+    [
+        ("no/x.png", "--plot 'no/x.png': folder 'no' does not exist"),
+        (".", "--plot must be a file path such as ./x.png, got the folder '.'"),
+    ],
+)
+def test_bounds_refuses_a_bad_plot_path_before_computing(
+    run_dir, plot, match, tmp_path, monkeypatch, capsys
+):
+    def never(*a, **k):
+        raise AssertionError("the ladder was computed before the --plot path was checked")
+
+    monkeypatch.setattr("pvae.cli.bounds", never)
+    monkeypatch.chdir(tmp_path)
+    assert main(["bounds", str(run_dir), "--plot", plot, "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"pvae bounds: error: {match}\n"
+
+
 def test_sample_writes_a_png_grid(run_dir, tmp_path, capsys):
     assert (
         main(
