@@ -197,9 +197,9 @@ def compile_mode(device: torch.device) -> str | None:
 # of iteration counts, not of what an iteration does. This graph's latent kernel draws z ~ q (one
 # Philox normal per element, many times the cost of an add) and computes the KL over (B, 50):
 # B × 4 vector iterations, so at batch 128 it ran on one thread and was the forward's largest
-# kernel after the matrix products. With 64 it is split from batch 32 up; measured in one
-# process on 2 threads (benchmarks/train_step.py), the compiled step is 3% faster at batch 128 and
-# 6% at batch 1000, and no slower at batch 20.
+# kernel after the matrix products. With 64 it is split from batch 32 up: against the default,
+# timed in one process on 2 threads, the compiled step is 3% faster at batch 128 and 6% at batch
+# 1000, and no slower at batch 20 (where it stays on one thread).
 CPU_OPTIONS = {"cpp.min_chunk_size": 64}
 
 
