@@ -48,10 +48,10 @@ def loss_and_grads(fn, vae, x, seed=0):
     ]
 
 
-def assert_same(a, b, rtol=1e-10):
-    torch.testing.assert_close(a[0], b[0], rtol=rtol, atol=1e-12)
+def assert_same(a, b, rtol=1e-10, atol=1e-12):
+    torch.testing.assert_close(a[0], b[0], rtol=rtol, atol=atol)
     for u, v in zip(a[1], b[1], strict=True):
-        torch.testing.assert_close(u, v, rtol=rtol, atol=1e-12)
+        torch.testing.assert_close(u, v, rtol=rtol, atol=atol)
 
 
 @pytest.fixture(scope="module")

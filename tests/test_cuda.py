@@ -24,6 +24,7 @@ import os
 import pytest
 import torch
 import torch._inductor.config
+from test_compile import assert_same, loss_and_grads  # the CPU tests' comparison
 
 import pvae
 from pvae.objectives.fused import CompiledObjective, FusedObjective
@@ -103,20 +104,9 @@ def test_compiled_loss_and_gradients_equal_eager_with_fallback_random(images):
     with torch._inductor.config.patch(fallback_random=True):
         compiled = CompiledObjective(fo, vae, mode=None, quiet=True)
         for rows in (32, 20):
-            x = images[:rows]
-            results = []
-            for fn in (lambda x: compiled(x, N), lambda x: fo.loss(vae, x, N) / N):
-                torch.manual_seed(3)
-                loss = fn(x)
-                grads = torch.autograd.grad(loss, list(vae.parameters()), allow_unused=True)
-                results.append((loss.detach(), grads))
-            (la, ga), (lb, gb) = results
-            torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
-            for u, v in zip(ga, gb, strict=True):
-                if u is None or v is None:
-                    assert u is None and v is None
-                else:
-                    torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+            a = loss_and_grads(lambda x: compiled(x, N), vae, images[:rows], seed=3)
+            b = loss_and_grads(lambda x: fo.loss(vae, x, N) / N, vae, images[:rows], seed=3)
+            assert_same(a, b, rtol=1e-4, atol=1e-5)
     assert compiled.graphs == 1
 
 
