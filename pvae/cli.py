@@ -399,11 +399,12 @@ def _ais(args: argparse.Namespace) -> int:
         "start": args.start,
         "seed": args.seed,
     }
+    sharded = distributed.info() is not None  # under torchrun: each rank anneals its share
     phases = [("AIS", "steps"), ("BDMC forward AIS", "steps"), ("BDMC reverse AIS", "steps")]
     n = positive_int("--bdmc", args.bdmc) if args.bdmc else 0  # checked before hours of AIS
-    with _Phases(phases, show=not args.quiet) as tick:
-        est = ais(run.vae, x, **settings, progress=tick)
-        sandwich = bdmc(run.vae, n=n, **settings, progress=tick) if n else None
+    with _Phases(phases, show=not sharded and not args.quiet) as tick:
+        est = ais(run.vae, x, **settings, progress=tick, distributed=sharded)
+        sandwich = bdmc(run.vae, n=n, **settings, progress=tick, distributed=sharded) if n else None
     out = {"run": str(run.path), "split": args.split, "ais": est.summary(), "bdmc": None}
     if sandwich is not None:
         out["bdmc"] = sandwich.summary()

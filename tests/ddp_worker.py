@@ -96,21 +96,46 @@ def train(out: str, make: Callable[[], nn.Module] = noiseless_vae) -> None:
 def evaluate(out: str) -> None:
     m = pvae.LinearGaussian(data_dim=6, latent_dim=2, sigma=0.5)
     vae, x = m.vae(loc_shift=0.3, scale_factor=1.3), m.sample(37)  # 37: uneven shards
-    est = pvae.log_px(
-        vae, x, k=300, seed=5, memory_budget=50_000, distributed=distributed.info() is not None
-    )
+    sharded = distributed.info() is not None
+    est = pvae.log_px(vae, x, k=300, seed=5, memory_budget=50_000, distributed=sharded)
     ladder = pvae.bounds(
         vae,
         x,
         ks=(1, 10, 100),
         seed=5,
         memory_budget=50_000,
-        distributed=distributed.info() is not None,
+        distributed=sharded,
+        ais_steps=4,
+        ais_chains=3,
+        bdmc_n=3,
+    )
+    totals: list[int] = []  # AIS progress counts this process's share of (datapoint, step) pairs
+    forward = pvae.ais(
+        vae,
+        x,
+        steps=4,
+        chains=3,
+        leapfrog=2,
+        seed=5,
+        memory_budget=30_000,  # blocks of 7 datapoints: 6 blocks, 3 per rank
+        distributed=sharded,
+        progress=lambda done, total: totals.append(total),
     )
     d = distributed.info()
     if d is None or d.is_main:
         torch.save(
-            {"log_px": est.log_px, "se": est.se, "khat": est.khat, "ladder": ladder.to_dict()}, out
+            {
+                "log_px": est.log_px,
+                "se": est.se,
+                "khat": est.khat,
+                "ladder": ladder.to_dict(),
+                "ais": forward.log_px,
+                "ais_se": forward.se,
+                "ais_accept": forward.accept,
+                "ais_step_size": forward.step_size,
+                "ais_share": totals[-1],
+            },
+            out,
         )
 
 

@@ -274,6 +274,7 @@ def _discrete_guide(x):
         ({"schedule": 3}, TypeError, "schedule must be a string, got 3"),
         ({"seed": 1.5}, TypeError, "seed must be an integer or None, got 1.5"),
         ({"memory_budget": 1.5}, TypeError, "memory_budget must be an integer"),
+        ({"distributed": "yes"}, TypeError, "distributed must be True or False, got 'yes'"),
     ],
 )
 def test_bad_arguments(kwargs, err, match):

@@ -76,10 +76,19 @@ def test_two_gpus_over_nccl_match_one_gpu_with_batch_2b(tmp_path):
 
 
 def test_distributed_evaluation_equals_one_process_exactly(tmp_path):
+    """log p(x), the bound ladder with AIS and BDMC, and AIS itself: each rank computes its
+    share of the blocks (rank 0's AIS progress counts 3 of 6 blocks) and the gathered numbers
+    are one process's, bit for bit."""
     a, b = distributed_and_single("evaluate", tmp_path)
-    for key in ("log_px", "se", "khat"):
+    for key in ("log_px", "se", "khat", "ais", "ais_se", "ais_accept", "ais_step_size"):
         assert torch.equal(a[key], b[key]), key
-    assert a["ladder"] == b["ladder"]
+    untimed = [  # AIS and BDMC summaries carry their wall time
+        {k: {**v, "seconds": None} if k in ("ais", "bdmc") else v for k, v in r["ladder"].items()}
+        for r in (a, b)
+    ]
+    assert untimed[0] == untimed[1]
+    assert a["ladder"]["ais"] is not None and a["ladder"]["bdmc"] is not None
+    assert (a["ais_share"], b["ais_share"]) == (21 * 4, 37 * 4)  # T = 4 steps; blocks 0, 2, 4
 
 
 def test_a_failing_rank_ends_the_job_with_an_error_not_a_hang(tmp_path):
@@ -147,6 +156,24 @@ def test_cli_under_torchrun_writes_once_and_resumes_exactly(tmp_path):
         )
         == 2
     )
+    # pvae ais under torchrun: each rank anneals its share; rank 0 prints one process's numbers.
+    argv = ["-m", "pvae", "ais", str(tmp_path / "full"), "--subset", "40", "--steps", "3"]
+    argv += ["--chains", "2", "--leapfrog", "2", "--bdmc", "3", "--json", "--device", "cpu"]
+    one = subprocess.run(  # one thread, as torchrun's ranks have: the same summation orders
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    both = [torchrun(*argv), one]
+    for proc in both:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads(proc.stdout) for proc in both]  # one JSON object: rank 1 prints nothing
+    for g in got:
+        for key in ("ais", "bdmc"):
+            g[key].pop("seconds")
+    assert got[0] == got[1] and got[0]["ais"]["n"] == 40
 
 
 def test_backend_is_gloo_on_cpu_and_shards_follow_distributed_sampler():

@@ -100,6 +100,8 @@ from torch import Tensor
 from torch.distributions import biject_to, constraints
 
 from pvae._checks import one_of, positive_float, positive_int
+from pvae.distributed import gather_blocks
+from pvae.distributed import info as dist_info
 from pvae.evaluation._weights import (
     _FAST_WORKSET,
     _FAST_WORKSET_ACCEL,
@@ -686,6 +688,7 @@ class _Settings:
     seed: int | None
     fast: bool | None
     progress: Callable[[int, int], None] | None = None
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "chains", "leapfrog"):
@@ -714,6 +717,8 @@ class _Settings:
             raise TypeError(
                 f"progress must be a callable (done, total) or None, got {self.progress!r}"
             )
+        if not isinstance(self.distributed, bool):
+            raise TypeError(f"distributed must be True or False, got {self.distributed!r}")
 
 
 def _setup(
@@ -806,10 +811,15 @@ def _run(
     if reverse:
         betas = betas[::-1]
     block = _block_size(target, layout, chains, settings.memory_budget)
-    tally = Tally(n * (len(betas) - 1), settings.progress)
-    log_w, accept, eps = [], [], []
+    starts = range(0, n, block)
+    # With ``distributed``, this rank anneals blocks b ≡ rank (mod world size); every draw is
+    # keyed by (seed, datapoint), so the gathered numbers are one process's.
+    d = dist_info() if settings.distributed else None
+    mine = [(b, i) for b, i in enumerate(starts) if d is None or b % d.world_size == d.rank]
+    tally = Tally(sum(min(block, n - i) for _, i in mine) * (len(betas) - 1), settings.progress)
+    parts: dict[int, Tensor] = {}
     with pyro.validation_enabled(False), param_sites(False):
-        for i in range(0, n, block):
+        for b, i in mine:
             j = min(n, i + block)
             xb = xs[i:j]
             if reverse:
@@ -819,17 +829,19 @@ def _run(
             state = energy.prepare(xb, target.kwargs_for(i, j))
             noise = _Noise(seed, torch.arange(i, j, device=xs.device), int(reverse))
             lw, acc, e = _anneal(energy, layout, state, u, betas, settings, noise, tally)
-            log_w.append(lw.T.to(torch.float64))
-            accept.append(acc)
-            eps.append(e)
-    lw = torch.cat(log_w)
+            # One (b, C + 2) float64 tensor per block: log weights, acceptance, step size.
+            parts[b] = torch.cat(
+                [lw.T.to(torch.float64), acc[:, None].to(lw), e[:, None].to(lw)], 1
+            )
+    packed = torch.cat(gather_blocks(parts, len(starts)) if d is not None else list(parts.values()))
+    lw, accept, eps = (packed[:, k].contiguous() for k in (slice(chains), chains, chains + 1))
     est = _finish(lw.logsumexp(1), (2 * lw).logsumexp(1), torch.full((n,), math.nan), chains, 1)
     return AISEstimate(
         log_px=-est.log_px if reverse else est.log_px,
         se=est.se,
         log_w=lw.cpu(),
-        accept=torch.cat(accept).to(torch.float64).cpu(),
-        step_size=torch.cat(eps).to(torch.float64).cpu(),
+        accept=accept.cpu(),
+        step_size=eps.cpu(),
         steps=settings.steps,
         chains=chains,
         leapfrog=settings.leapfrog,
@@ -882,6 +894,7 @@ def ais(
     seed: int | None = 0,
     fast: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
+    distributed: bool = False,
 ) -> AISEstimate:
     """Forward annealed importance sampling: a stochastic lower bound on log p(x) per datapoint
     that tightens to log p(x) as ``steps`` grows (see the module docstring).
@@ -908,6 +921,10 @@ def ais(
             force the trace path (``False``).
         progress: Called after each annealing step of each block of datapoints as
             ``progress(done, total)``, in (datapoint, step) pairs (T per datapoint).
+        distributed: In a ``torch.distributed`` job, anneal this rank's share of the blocks of
+            datapoints and gather every datapoint's result on every rank; with a ``seed`` the
+            numbers are one process's (each draw is keyed by seed and datapoint). ``progress``
+            then counts this rank's share.
 
     Returns:
         An :class:`AISEstimate` with ``direction="forward"``.
@@ -938,6 +955,7 @@ def ais(
         seed,
         fast,
         progress,
+        distributed,
     )
     return _run(model, x_or_guide, x, kwargs, None, settings)
 
@@ -961,6 +979,7 @@ def reverse_ais(
     seed: int | None = 0,
     fast: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
+    distributed: bool = False,
 ) -> AISEstimate:
     """Reverse annealed importance sampling from exact posterior samples: a stochastic upper
     bound on log p(x) per datapoint (see the module docstring for the derivation).
@@ -992,6 +1011,7 @@ def reverse_ais(
         seed,
         fast,
         progress,
+        distributed,
     )
     return _run(model, x_or_guide, x, kwargs, latents, settings)
 
@@ -1063,6 +1083,7 @@ def bdmc(
     seed: int = 0,
     fast: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
+    distributed: bool = False,
 ) -> BDMCResult:
     """Bidirectional Monte Carlo (Grosse et al. 2015, 2016): simulate n datapoints with their
     latents from the model, then sandwich log p(x) between forward AIS (lower bound) and reverse
@@ -1074,8 +1095,9 @@ def bdmc(
         x_or_guide: The guide, when ``model`` is a callable.
         n: Datapoints to simulate.
 
-    Every other argument is as in :func:`ais`; ``seed`` seeds the simulation too, and
-    ``progress`` hears the forward run, then the reverse run, each counting from 0.
+    Every other argument is as in :func:`ais`; ``seed`` seeds the simulation too (every rank of
+    a ``distributed`` job simulates the same data, then anneals its share), and ``progress``
+    hears the forward run, then the reverse run, each counting from 0.
 
     Returns:
         A :class:`BDMCResult`.
@@ -1103,6 +1125,7 @@ def bdmc(
         "seed": seed,
         "fast": fast,
         "progress": progress,
+        "distributed": distributed,
     }
     forward = ais(program, x, **knobs)
     reverse = reverse_ais(program, x, latents=latents, **knobs)

@@ -199,7 +199,8 @@ def bounds(
         elbo_samples: Draws per datapoint for the analytic-KL ELBO's reconstruction term.
         seed: Per-block seeding, as in :func:`pvae.log_px` (sharding-invariant numbers).
         distributed: Share the blocks across the ranks of a ``torch.distributed`` job and
-            gather the results (the analytic-KL ELBO is computed on every rank with ``seed``).
+            gather the results (the analytic-KL ELBO is computed on every rank with ``seed``;
+            AIS and BDMC share their blocks too).
         fast: Use the fused fast path where it applies (a standard :class:`~pvae.VAE`).
         ais_steps: Add forward AIS with this many annealing steps (:func:`pvae.ais`, its other
             settings at their defaults, seeded with ``seed`` or 0) on the same data.
@@ -273,6 +274,7 @@ def bounds(
             memory_budget=memory_budget,
             seed=s,
             progress=progress,
+            distributed=distributed,
         ).summary()
         if bdmc_n:
             if target.kwargs:
@@ -282,7 +284,13 @@ def bounds(
                 )
             n = positive_int("bdmc_n", bdmc_n)
             bdmc_summary = bdmc(
-                target.program, n=n, steps=ais_steps, chains=ais_chains, seed=s, progress=progress
+                target.program,
+                n=n,
+                steps=ais_steps,
+                chains=ais_chains,
+                seed=s,
+                progress=progress,
+                distributed=distributed,
             ).summary()
     return BoundLadder(
         n=x.shape[0],
