@@ -9,10 +9,8 @@ either the old checkpoint or the new one, never a torn file.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from pvae.files import WriteError, atomic_write_bytes  # WriteError: part of this API
+
 __all__ = [
     "CheckpointError",
     "WriteError",
-    "atomic_write_bytes",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -35,45 +34,6 @@ REQUIRED = ("format", "version", "epoch", "step", "model", "optimizer", "rng", "
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, truncated, of another format, or of another model."""
-
-
-class WriteError(OSError):
-    """A file could not be written (disk full, no permission, ...); the message names the file
-    and the cause. What was there before is intact."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename: the one path
-    every file pvae writes goes through.
-
-    Raises:
-        WriteError: the write failed; ``path`` holds what it held before (or does not exist).
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, WriteError):
-            cause = err.strerror or str(err) or type(err).__name__
-            error = WriteError(f"cannot write {str(path)!r}: {cause}; its previous content is kept")
-            error.errno = err.errno
-            raise error from err
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:

@@ -37,13 +37,13 @@ import torch
 
 from pvae import diagnostics, distributed
 from pvae._checks import figure_path, positive_int
-from pvae._json import dumps
 from pvae.checkpoint import CheckpointError
 from pvae.compare import add_parser as add_compare_parser
 from pvae.compare import save_evaluation
 from pvae.config import load_config
 from pvae.datasets import DataUnavailableError
 from pvae.evaluation import ais, bdmc, bounds, evaluate_elbo, log_px
+from pvae.files import dumps
 from pvae.model import VAE
 from pvae.runs import Run, load_run, read_run_config, train_from_config
 from pvae.train import TrainingDivergedError
@@ -130,11 +130,11 @@ def _external(path: str, run: Run) -> torch.Tensor:
     """``--data FILE``: a ``.npy`` (the array) or ``.npz`` (its ``x``, or ``test``) scored as the
     run's own data are: the same scaling (uint8 / 255) and, for a run on binarized data, one
     fixed binarization (seeded, as the run's validation and test splits are)."""
-    from pvae.datasets import _as_float, _file
+    from pvae.datasets import as_float, read_array_file
 
-    arrays = _file(path=path)
+    arrays = read_array_file(path=path)
     a = arrays[0] if arrays[2] is None else arrays[2]  # a train/test .npz: score its test part
-    x = _as_float(f"--data {path}", a)
+    x = as_float(f"--data {path}", a)
     shape = tuple(run.checkpoint.get("data_shape") or x.shape[1:])
     if tuple(x.shape[1:]) != shape:
         raise ValueError(

@@ -76,10 +76,10 @@ import torch
 from torch import Tensor
 
 from pvae._checks import figure_path, positive_int
-from pvae._json import dumps, finite
-from pvae.checkpoint import atomic_write_bytes, load_checkpoint
+from pvae.checkpoint import load_checkpoint
 from pvae.evaluation.elbo import ElboEstimate
 from pvae.evaluation.log_px import LogPxEstimate
+from pvae.files import atomic_write_bytes, dumps, finite
 from pvae.runs import read_run_config
 from pvae.train import CHECKPOINT, CONFIG
 from pvae.training.checkpointing import METRICS

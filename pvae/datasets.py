@@ -217,7 +217,7 @@ def _fashion_mnist(
     return _torchvision("FashionMNIST", root=root, download=download, system_dir=sysdir)
 
 
-def _file(path: str | Path | None = None, **_: Any) -> Any:
+def read_array_file(path: str | Path | None = None, **_: Any) -> Any:
     if path is None:
         raise ValueError("data path is required for the 'file' dataset (a .npy or .npz file)")
     path = Path(path)
@@ -241,7 +241,7 @@ DATASETS: Mapping[str, Any] = {
     "digits": _digits,
     "mnist": _mnist,
     "fashion-mnist": _fashion_mnist,
-    "file": _file,
+    "file": read_array_file,
 }
 
 
@@ -250,7 +250,7 @@ def names() -> list[str]:
     return sorted(DATASETS)
 
 
-def _as_float(name: str, a: Any) -> Tensor:
+def as_float(name: str, a: Any) -> Tensor:
     if not isinstance(a, Tensor):
         a = np.asarray(a)
         if a.dtype.kind not in "biuf":  # strings, objects: torch's own message names no file
@@ -330,7 +330,7 @@ def load(
     else:
         x_tr, y_tr, x_te, y_te = name, None, None, None
         label = "array"
-    x_tr = _as_float(f"data ({label})" if label != "array" else "data", x_tr)
+    x_tr = as_float(f"data ({label})" if label != "array" else "data", x_tr)
     y_tr = None if y_tr is None else torch.as_tensor(np.asarray(y_tr))
     gen = torch.Generator().manual_seed(seed)
     if x_te is None:  # carve a fixed test set out of the data
@@ -340,7 +340,7 @@ def load(
         x_te, y_te = x_tr[te], None if y_tr is None else y_tr[te]
         x_tr, y_tr = x_tr[perm], None if y_tr is None else y_tr[perm]
     else:
-        x_te = _as_float(f"test data ({label})", x_te)
+        x_te = as_float(f"test data ({label})", x_te)
         y_te = None if y_te is None else torch.as_tensor(np.asarray(y_te))
     perm = torch.randperm(len(x_tr), generator=gen)
     n_val = max(1, round(val_fraction * len(x_tr))) if val_fraction > 0 else 0

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pvae.checkpoint import atomic_write_bytes
 from pvae.evaluation._psis import KHAT_LIMIT
 from pvae.evaluation.log_px import LogPxEstimate
+from pvae.files import atomic_write_bytes
 from pvae.model import VAE, point_estimate
 
 P = ParamSpec("P")

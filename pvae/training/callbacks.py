@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from pvae.checkpoint import atomic_write_bytes
+from pvae.files import atomic_write_bytes
 
 __all__ = ["CSVLogger", "Callback", "TensorBoardLogger", "TrainInfo"]
 

@@ -25,12 +25,12 @@ from torch import nn
 from pvae import distributed as D
 from pvae.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     check_state_matches,
     load_checkpoint,
     save_checkpoint,
 )
 from pvae.config import dumps_toml
+from pvae.files import atomic_write_bytes
 from pvae.training.runlock import LOCK, RunFolderBusyError, RunLock, check_not_locked
 
 __all__ = [

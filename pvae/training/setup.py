@@ -67,9 +67,9 @@ def as_splits(data: Any) -> tuple[Split, Split | None]:
         return data.train, data.val
     if isinstance(data, Split):
         return data, None
-    from pvae.datasets import _as_float
+    from pvae.datasets import as_float
 
-    return Split(_as_float("data", data), None), None
+    return Split(as_float("data", data), None), None
 
 
 def prepare(
