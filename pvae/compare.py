@@ -80,9 +80,8 @@ from pvae.checkpoint import load_checkpoint
 from pvae.evaluation.elbo import ElboEstimate
 from pvae.evaluation.log_px import LogPxEstimate
 from pvae.files import atomic_write_bytes, dumps, finite
+from pvae.rundir import CHECKPOINT, CONFIG, EVALUATION_DIR, METRICS
 from pvae.runs import read_run_config
-from pvae.train import CHECKPOINT, CONFIG
-from pvae.training.checkpointing import METRICS
 
 __all__ = [
     "Comparison",
@@ -99,7 +98,6 @@ __all__ = [
     "save_evaluation",
 ]
 
-EVALUATION_DIR = "evaluation"
 FORMAT = "pvae-evaluation"
 VERSION = 1
 

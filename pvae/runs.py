@@ -17,15 +17,13 @@ from pvae import distributed as D
 from pvae.checkpoint import CheckpointError, check_state_matches, load_checkpoint
 from pvae.config import Config, build_vae, load_data
 from pvae.datasets import DataSplits
-from pvae.train import CHECKPOINT, CONFIG, FitResult, fit, load_run_state, resolve_device
+from pvae.rundir import CHECKPOINT, CONFIG, METRICS_CSV, TENSORBOARD
+from pvae.train import FitResult, fit, load_run_state, resolve_device
 from pvae.training.callbacks import Callback, CSVLogger, TensorBoardLogger
 from pvae.training.checkpointing import check_run_dir
 from pvae.training.runlock import check_not_locked
 
 __all__ = ["METRICS_CSV", "TENSORBOARD", "Run", "load_run", "train_from_config"]
-
-METRICS_CSV = "metrics.csv"
-TENSORBOARD = "tensorboard"
 
 
 def _is_main() -> bool:

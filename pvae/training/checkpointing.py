@@ -31,7 +31,8 @@ from pvae.checkpoint import (
 )
 from pvae.config import dumps_toml
 from pvae.files import atomic_write_bytes
-from pvae.training.runlock import LOCK, RunFolderBusyError, RunLock, check_not_locked
+from pvae.rundir import CHECKPOINT, CONFIG, LOCK, METRICS
+from pvae.training.runlock import RunFolderBusyError, RunLock, check_not_locked
 
 __all__ = [
     "CHECKPOINT",
@@ -42,10 +43,6 @@ __all__ = [
     "check_run_dir",
     "load_run_state",
 ]
-
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.toml"
-METRICS = "metrics.json"
 
 
 @dataclass

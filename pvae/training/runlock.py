@@ -18,9 +18,9 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["LOCK", "RunFolderBusyError", "RunLock", "check_not_locked"]
+from pvae.rundir import LOCK
 
-LOCK = ".lock"
+__all__ = ["RunFolderBusyError", "RunLock", "check_not_locked"]
 
 
 class RunFolderBusyError(ValueError):

@@ -21,6 +21,7 @@ from pvae._checks import positive_int
 from pvae.datasets import Split
 from pvae.evaluation.bounds import bounds
 from pvae.evaluation.elbo import ElboEstimate, evaluate_elbo
+from pvae.rundir import CURVES, RECONSTRUCTIONS, SAMPLES
 from pvae.training.step import fit_context
 
 __all__ = [
@@ -150,6 +151,6 @@ def write_figures(
         callable(getattr(module, name, None)) for name in ("reconstruct", "sample")
     )
     if images:
-        plotting.reconstructions(module, shown, path=run_path / "reconstructions.png")
-        plotting.samples(module, path=run_path / "samples.png")
-    plotting.training_curves(history, path=run_path / "curves.png")
+        plotting.reconstructions(module, shown, path=run_path / RECONSTRUCTIONS)
+        plotting.samples(module, path=run_path / SAMPLES)
+    plotting.training_curves(history, path=run_path / CURVES)
