@@ -287,4 +287,4 @@ def test_khat_plot_bands_follow_the_warning_threshold_and_keep_infinite_values()
 
 def test_bad_images_are_rejected():
     with pytest.raises(ValueError, match=r"images must have shape \(N, 1 or 3, H, W\)"):
-        plotting._images(torch.zeros(3, 5))
+        plotting.images.image_arrays(torch.zeros(3, 5))
