@@ -4,10 +4,11 @@ Every function returns the ``matplotlib.figure.Figure`` and, given ``path``, sav
 format its suffix names (``.png``, ``.pdf``, ``.svg``, …; none: PNG) through pvae's one atomic
 write path. All share one style, sized for a paper:
 
-* ``figsize=None`` picks a size for the content at :data:`WIDTH` inches wide or less (a full
-  text width; LaTeX scales it to a column with fonts still legible), ``dpi=None`` means
-  :data:`DPI` (150: 900 px across for PNG; PDF and SVG stay vector, only image grids are
-  rasterized at this resolution). Fonts are 8–9 pt (:data:`STYLE`).
+* ``figsize=None`` picks a size for the content at :data:`~pvae.plotting.style.WIDTH`
+  inches wide or less (a full text width; LaTeX scales it to a column with fonts still
+  legible), ``dpi=None`` means :data:`~pvae.plotting.style.DPI` (150: 900 px across for PNG;
+  PDF and SVG stay vector, only image grids are rasterized at this resolution). Fonts are
+  8–9 pt (:data:`~pvae.plotting.style.STYLE`).
 * Data axes are labelled with their quantity and unit (nats per datapoint, latent
   coordinates, principal components with their share of the variance); titles say what is
   shown; image grids label their rows and columns.

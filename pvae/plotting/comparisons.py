@@ -34,7 +34,7 @@ def comparison(
         skip: Epochs left out of the y-limits, whose bounds are far below the rest
             (``None``: 10% of the epochs, at least 1, when there are 3 or more; 0 keeps all).
         figsize: ``(width, height)`` in inches (``None``: a text width).
-        dpi: Resolution (``None``: :data:`DPI`).
+        dpi: Resolution (``None``: :data:`~pvae.plotting.style.DPI`).
 
     Returns:
         The matplotlib figure.

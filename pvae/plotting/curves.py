@@ -57,7 +57,7 @@ def training_curves(
         skip: Epochs left out of the y-limits (``None``: see above; 0 keeps all).
         figsize: ``(width, height)`` in inches; ``None``: (6.0, 4.6) with the gap panel,
             (6.0, 3.4) without.
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
     """
     if not history:
@@ -174,7 +174,7 @@ def kl_bars(
         threshold: Nats per dimension below which a dimension is drawn as collapsed, with a
             dashed line; ``None``: no line, one colour.
         figsize: ``(width, height)`` in inches; ``None``: (6.0, 3.0).
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
     """
     kl = kl.detach().double().cpu().reshape(-1)
@@ -223,7 +223,7 @@ def khat_plot(
     Args:
         est: A :class:`~pvae.LogPxEstimate` with ``khat`` (k ≥ 10).
         figsize: ``(width, height)`` in inches; ``None``: (6.0, 3.0).
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
     """
     kh = est.khat.detach().double().cpu().numpy()

@@ -35,7 +35,7 @@ def require(module: Any, what: str, *methods: str) -> Any:
     for name in methods:
         if not callable(getattr(module, name, None)):
             raise TypeError(
-                f"{what} needs a model with a {name}() method (as pvae.VAE has), got "
+                f"{what} needs a model with a callable {name}() (as pvae.VAE has), got "
                 f"{type(module).__name__} without one"
             )
     return module
@@ -123,7 +123,7 @@ def reconstructions(
         x: Images ``(N, C, H, W)``; the first ``n`` are shown.
         n: Number of datapoints (columns).
         figsize: ``(width, height)`` in inches; ``None`` sizes the grid.
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
     """
     require(vae, "reconstructions", "reconstruct")
@@ -158,7 +158,7 @@ def samples(
         vae: The trained model (any object with a ``sample`` method).
         n: Number of samples.
         figsize: ``(width, height)`` in inches; ``None`` sizes the grid.
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
     """
     require(vae, "samples", "sample")

@@ -110,7 +110,7 @@ def latent_manifold(
         dims: Two latent dimensions to vary (0-based), or ``None`` (see above).
         x: Data ``(N, *data_shape)`` for the principal plane.
         figsize: ``(width, height)`` in inches; ``None`` sizes the grid.
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
     """
     vae = _check_vae(vae, "latent_manifold")
@@ -196,7 +196,7 @@ def latent_scatter(
         labels: ``(N,)`` labels to colour by, or ``None``.
         dims: Two latent dimensions (0-based) instead of the principal plane.
         figsize: ``(width, height)`` in inches; ``None``: (4.8, 3.8).
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
     """
     require(vae, "latent_scatter", "encode")
@@ -258,7 +258,7 @@ def interpolation(
         x_b: The second datapoint, likewise.
         steps: Points on the line, t = 0 … 1 (at least 2).
         figsize: ``(width, height)`` in inches; ``None`` sizes the grid.
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
     """
     vae = _check_vae(vae, "interpolation")
@@ -379,7 +379,7 @@ def traversals(
         kl_x: Data ``(N, *data_shape)`` the KL per dimension is averaged over; ``None`` is
             ``x`` (rows in index order, unlabelled by KL, when both are ``None``).
         figsize: ``(width, height)`` in inches; ``None`` sizes the grid.
-        dpi: Resolution; ``None`` is :data:`DPI`.
+        dpi: Resolution; ``None`` is :data:`~pvae.plotting.style.DPI`.
         path: Where to save the figure (format by suffix).
 
     Example:
