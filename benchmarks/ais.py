@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from _timing import Timing, timed
 
 import pvae
 
@@ -48,11 +47,6 @@ def build(device: torch.device) -> pvae.VAE:
         data_shape=(1, 28, 28),
     )
     return vae.to(device).eval()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @torch.no_grad()
@@ -160,16 +154,13 @@ def main() -> None:
     results = {}
     for _ in range(a.repeats):
         for name, fn in impls.items():
-            sync(device)
-            t0 = time.perf_counter()
-            results[name] = fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+            results[name], sec = timed(fn, device)
+            times[name].append(sec)
+    t = Timing(times)
     print(f"{'impl':>16} {'seconds':>9} {'/hand':>7} {'mean log p(x)':>14} {'± s.e.':>8}")
     for name in impls:
         m, se = mean_and_se(results[name])
-        sec, ratio = med[name], med[name] / med["hand"]
+        sec, ratio = t.seconds(name), t.seconds(name) / t.seconds("hand")
         print(f"{name:>16} {sec:>9.2f} {ratio:>7.3f} {m:>14.3f} {se:>8.3f}")
     (mp, sp), (mh, sh) = mean_and_se(results["pvae"]), mean_and_se(results["hand"])
     z = (mp - mh) / math.hypot(sp, sh)

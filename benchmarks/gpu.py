@@ -60,9 +60,7 @@ def check_gpu_cheaply() -> None:
 check_gpu_cheaply()
 
 # The heavy imports come after the check: a CPU-only machine never pays for them.
-import math  # noqa: E402
 import socket  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -73,33 +71,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import log_px as log_px_bench  # noqa: E402
 import train_step  # noqa: E402
+from _timing import peak_mb, peak_reset, timed  # noqa: E402
 
 import pvae  # noqa: E402
 from pvae.datasets import Split  # noqa: E402
 from pvae.evaluation._weights import DEFAULT_BUDGET, plan, resolve  # noqa: E402
 from pvae.training.step import StepOptions, TrainStep, run_epoch  # noqa: E402
 
-MB = 2**20
 # Sizes: (step batches, training images, test images, k); toy ones in the dry run.
 BATCHES, N_TRAIN, N_TEST, K = ((20, 128, 1000), None, None, 5000)
 if DRYRUN:
     BATCHES, N_TRAIN, N_TEST, K = ((20,), 600, 64, 50)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_reset(device: torch.device) -> None:
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_mb(device: torch.device) -> float:
-    sync(device)
-    return torch.cuda.max_memory_allocated(device) / MB if device.type == "cuda" else math.nan
 
 
 def step_table(device: torch.device) -> None:
@@ -132,10 +114,8 @@ def epochs(device: torch.device, train: Split) -> pvae.VAE:
         step = TrainStep(vae, StepOptions(compile=compile), device, None, seed=0, quiet=True)
         times = []
         for epoch in (1, 2):  # the first is the warm-up (compilation, CUDA graph capture)
-            sync(device)
-            t0 = time.perf_counter()
-            elbo = run_epoch(step, train, 128, 0, epoch, None)  # syncs at the end (NaN check)
-            times.append(time.perf_counter() - t0)
+            elbo, sec = timed(lambda s=step, e=epoch: run_epoch(s, train, 128, 0, e, None), device)
+            times.append(sec)
         name = "compiled" if compile else "eager"
         extra = f", compile {step.compile_seconds:.1f} s" if compile else ""
         print(
@@ -174,10 +154,7 @@ def evaluation(device: torch.device, vae: pvae.VAE, x: torch.Tensor, k: int = K)
             warm = {"pvae compiled": None, "compiled bf16": "bf16", "compiled tf32": "tf32"}[name]
             pvae.log_px(vae, x[:256], k=k, khat=False, compile=True, precision=warm)
         peak_reset(device)
-        t0 = time.perf_counter()
-        out = run()
-        sync(device)
-        sec = time.perf_counter() - t0
+        out, sec = timed(run, device)
         if isinstance(out, torch.Tensor):
             line = f"mean log p(x) {float(out.mean()):.3f}"
         else:
@@ -202,13 +179,15 @@ def _ddp_worker(rank: int, port: int, images: torch.Tensor) -> None:
     d = pvae.distributed.init("nccl")
     try:
         vae = train_step.make_vae(torch.device("cpu"))
-        t0 = time.perf_counter()
-        res = pvae.fit(vae, images, epochs=1, batch_size=128, progress=False, device="cuda")
+        res, sec = timed(
+            lambda: pvae.fit(vae, images, epochs=1, batch_size=128, progress=False, device="cuda"),
+            torch.device("cuda", rank),
+        )
         elbo = res.final["train_elbo"]
         if d is not None and d.is_main:
             print(
                 f"DDP smoke run: 2 ranks (nccl), 1 epoch of {images.shape[0]:,} images in "
-                f"{time.perf_counter() - t0:.1f} s, train ELBO {elbo:.2f}",
+                f"{sec:.1f} s, train ELBO {elbo:.2f}",
                 flush=True,
             )
     finally:

@@ -24,9 +24,9 @@ import math
 import resource
 import subprocess
 import sys
-import time
 
 import torch
+from _timing import Timing, peak_reset, timed
 from torch import nn
 
 import pvae
@@ -53,7 +53,8 @@ def data(n: int, device: torch.device) -> torch.Tensor:
     try:
         x = pvae.datasets.load("fashion-mnist", binarize="static", download=False).test.x[:n]
     except Exception:  # no Fashion-MNIST here: random binary images of the same shape
-        x = torch.bernoulli(torch.full((n, 1, 28, 28), 0.3, generator=None))
+        g = torch.Generator().manual_seed(0)
+        x = torch.bernoulli(torch.full((n, 1, 28, 28), 0.3), generator=g)
     return x.to(device)
 
 
@@ -93,27 +94,21 @@ def run_one(impl: str, k: int, n: int, device: torch.device, repeats: int) -> di
             return pvae.log_px(vae, x, k=k, khat=False, compile=impl == "compiled").log_px
         return handwritten(vae, x, k, block, chunk)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    peak_reset(device)
     base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    go()  # warm-up (counted in the peak: it allocates what later runs reuse); compiles
-    first = time.perf_counter() - t0
+    # The warm-up compiles, and counts in the peak: it allocates what later runs reuse.
+    _, first = timed(go, device)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        est = go()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        est, sec = timed(go, device)
+        times.append(sec)
     peak = (
         torch.cuda.max_memory_allocated() - base
         if device.type == "cuda"
         else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
     )
-    t = sorted(times)[len(times) // 2]
+    t = Timing({impl: times}).seconds(impl)
     return {
         "impl": impl,
         "k": k,

@@ -22,15 +22,13 @@ its compilation time (first step) is printed separately and not in the per-step 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from _timing import Timing, ratio_text, time_interleaved, timed
 from pyro.infer import SVI, Trace_ELBO
 
 import pvae
@@ -135,53 +133,6 @@ def pyro_step(device: torch.device, n: int):
     return step, None
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-class Timing(NamedTuple):
-    """Per-step seconds of each implementation, one entry per round of :func:`time_interleaved`."""
-
-    rounds: dict[str, list[float]]
-
-    def seconds(self, name: str) -> float:
-        """Median seconds per step."""
-        return statistics.median(self.rounds[name])
-
-    def ratio(self, name: str, ref: str = "hand") -> tuple[float, float, float]:
-        """Median and quartiles over rounds of ``name``'s time / ``ref``'s time in the same round
-        (the two ran back to back, so a slow spell of a shared machine cancels)."""
-        r = sorted(a / b for a, b in zip(self.rounds[name], self.rounds[ref], strict=True))
-        q1, med, q3 = statistics.quantiles(r, n=4) if len(r) > 1 else (r[0],) * 3
-        return med, q1, q3
-
-
-def time_interleaved(
-    impls: dict, x: torch.Tensor, idx: torch.Tensor, steps: int, rounds: int
-) -> Timing:
-    """Time each implementation in ``rounds`` rounds of ``steps`` steps, after 5 warm-up steps
-    each. Within a round every implementation runs once, in alternating order (forwards, then
-    backwards next round), so each block sits next to the others in time; ratios are then taken
-    round by round (:meth:`Timing.ratio`)."""
-    device = x.device
-    times: dict[str, list[float]] = {k: [] for k in impls}
-    for step in impls.values():  # warm-up
-        for _ in range(5):
-            step(x, idx)
-    names = list(impls)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            step = impls[name]
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step(x, idx)
-            sync(device)
-            times[name].append((time.perf_counter() - t0) / steps)
-    return Timing(times)
-
-
 def make_impls(device: torch.device, compile: bool) -> dict:
     makers = [("hand", hand_step), ("pvae", pvae_step), ("pyro", pyro_step)]
     if compile:
@@ -193,12 +144,13 @@ def first_step_seconds(step, batch: int, device: torch.device) -> float:
     """Wall time of the first two steps (for the compiled step: compilation of the loss and
     gradient, then of Adam's update)."""
     x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(2):
-        step(x, torch.arange(batch, device=device))
-    sync(device)
-    return time.perf_counter() - t0
+    idx = torch.arange(batch, device=device)
+
+    def two_steps() -> None:
+        for _ in range(2):
+            step(x, idx)
+
+    return timed(two_steps, device)[1]
 
 
 def per_step(impls: dict, device: torch.device, batch: int, steps: int, rounds: int) -> Timing:
@@ -212,27 +164,22 @@ def epoch_times(device: torch.device) -> dict[str, float]:
     out = {}
     train = data.train.to(device)
     n = len(train)
-    for name, make in (("hand", hand_step), ("pvae", pvae_step)):
-        step, _ = make(device, n)
+
+    def epoch(step: Callable) -> None:
         g = torch.Generator().manual_seed(0)
-        sync(device)
-        t0 = time.perf_counter()
         for idx, x in train.batches(128, shuffle=True, generator=g):
             step(x, idx)
-        sync(device)
-        out[name] = time.perf_counter() - t0
+
+    for name, make in (("hand", hand_step), ("pvae", pvae_step)):
+        step, _ = make(device, n)
+        out[name] = timed(lambda step=step: epoch(step), device)[1]
     # pvae.fit end to end (validation ELBO included), for reference.
     vae = make_vae(device)
-    t0 = time.perf_counter()
-    pvae.fit(vae, data, epochs=1, batch_size=128, progress=False, device=device)
-    out["pvae.fit (with validation)"] = time.perf_counter() - t0
+    out["pvae.fit (with validation)"] = timed(
+        lambda: pvae.fit(vae, data, epochs=1, batch_size=128, progress=False, device=device),
+        device,
+    )[1]
     return out
-
-
-def ratio_text(t: Timing, name: str) -> str:
-    """``median [q1, q3]`` of the per-round ratio to the hand-written step."""
-    med, q1, q3 = t.ratio(name)
-    return f"{med:.3f} [{q1:.2f}, {q3:.2f}]"
 
 
 def print_table(

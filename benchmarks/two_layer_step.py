@@ -29,8 +29,9 @@ import math
 import pyro
 import torch
 import torch.nn.functional as F
+from _timing import ratio_text
 from pyro.infer import SVI, Trace_ELBO
-from train_step import Timing, ratio_text, time_interleaved, update  # same timing, step
+from train_step import per_step, update  # the one-layer benchmark's batch and Adam update
 
 import pvae
 from pvae.training.step import StepOptions, fit_context, make_loss, make_optimizer
@@ -114,12 +115,6 @@ def check_equal(device: torch.device) -> float:
     return abs(a - b)
 
 
-def per_step(device: torch.device, batch: int, n: int, rounds: int) -> Timing:
-    x = torch.bernoulli(torch.full((batch, 1, 28, 28), 0.3, device=device))
-    idx = torch.arange(batch, device=device)
-    return time_interleaved(steps(device), x, idx, n, rounds)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -137,7 +132,7 @@ def main() -> None:
         f"{'svi/hand [IQR]':>22}"
     )
     for b in a.batches:
-        t = per_step(device, b, 5 if b <= 128 else 2, a.rounds)
+        t = per_step(steps(device), device, b, 5 if b <= 128 else 2, a.rounds)
         print(
             f"{b:>6} {1e3 * t.seconds('hand'):>9.3f} {1e3 * t.seconds('pvae'):>9.3f} "
             f"{1e3 * t.seconds('pyro svi'):>9.3f} {ratio_text(t, 'pvae'):>22} "

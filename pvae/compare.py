@@ -716,76 +716,14 @@ class Comparison:
             skip: Epochs left out of the y-limits, whose bounds are far below the rest
                 (``None``: 10% of the epochs, at least 1, when there are 3 or more; 0 keeps all).
             figsize: ``(width, height)`` in inches (``None``: a text width).
-            dpi: Resolution (``None``: :data:`pvae.plotting.DPI`).
+            dpi: Resolution (``None``: :data:`pvae.plotting.style.DPI`).
 
         Returns:
             The matplotlib figure.
         """
-        from pvae.plotting import STYLE, WIDTH, _figure, _finish, _plt
+        from pvae import plotting
 
-        if skip is not None and (isinstance(skip, bool) or not isinstance(skip, int) or skip < 0):
-            raise ValueError(f"skip must be an integer >= 0, got {skip!r}")
-        plt = _plt()
-        with plt.rc_context(STYLE):
-            entries = len(self.groups) + 2
-            fig, ax = _figure(plt, figsize, dpi, (WIDTH, 3.4 + 0.17 * entries))
-            late: list[float] = []
-            drawn = set()
-            for i, g in enumerate(self.groups):
-                color = f"C{i % 10}"
-                for key, style in (("val_elbo", "-"), ("val_log_px", "--")):
-                    curve = _curve(g._runs, key)
-                    if curve is None:
-                        continue
-                    drawn.add(key)
-                    epochs, mean, se = curve
-                    marker = "o" if key == "val_log_px" else None
-                    ax.plot(epochs, mean, ls=style, color=color, marker=marker)
-                    if se is not None:
-                        ax.fill_between(epochs, mean - se, mean + se, color=color, alpha=0.2, lw=0)
-                    n = len(epochs)
-                    first = (max(1, math.ceil(0.1 * n)) if n >= 3 else 0) if skip is None else skip
-                    tail = slice(min(first, n - 1), None)
-                    lo = mean[tail] - (0 if se is None else se[tail])
-                    hi = mean[tail] + (0 if se is None else se[tail])
-                    late += [float(lo.min()), float(hi.max())]
-            if late:
-                pad = 0.05 * (max(late) - min(late)) or 0.5
-                ax.set_ylim(min(late) - pad, max(late) + pad)
-            from matplotlib.lines import Line2D
-            from matplotlib.ticker import MaxNLocator
-
-            # One entry per group (colour) and per quantity (line style), not per pair.
-            seeds = [f"{len(g.seeds)} seed{'s' if len(g.seeds) > 1 else ''}" for g in self.groups]
-            handles = [
-                Line2D([], [], color=f"C{i % 10}", lw=4, label=f"{g.label} ({n})")
-                for i, (g, n) in enumerate(zip(self.groups, seeds, strict=True))
-            ]
-            if "val_elbo" in drawn:
-                handles.append(Line2D([], [], color="0.3", ls="-", label="val. ELBO"))
-            if "val_log_px" in drawn:
-                handles.append(
-                    Line2D([], [], color="0.3", ls="--", marker="o", label="val. log p(x) (IWAE)")
-                )
-            # Below the axes: group labels are long and the curves fill the plot.
-            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=1)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("nats per datapoint")
-            ax.set_title("validation curves: mean over seeds, band ± s.e. over seeds")
-            return _finish(fig, path)
-
-
-def _curve(runs: list[_Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """Epochs every seed recorded ``key`` at, the mean over seeds and its s.e. (``None`` for
-    one seed); ``None`` if no common epoch."""
-    per_run = [{h["epoch"]: h[key] for h in r.history if h.get(key) is not None} for r in runs]
-    epochs = sorted(set.intersection(*(set(p) for p in per_run)))
-    if not epochs:
-        return None
-    values = np.array([[p[e] for e in epochs] for p in per_run], dtype=np.float64)
-    se = values.std(0, ddof=1) / math.sqrt(len(runs)) if len(runs) > 1 else None
-    return np.array(epochs), values.mean(0), se
+        return plotting.comparison(self, path, skip=skip, figsize=figsize, dpi=dpi)
 
 
 def _align(rows: list[list[str]]) -> list[str]:

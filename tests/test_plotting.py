@@ -287,4 +287,59 @@ def test_khat_plot_bands_follow_the_warning_threshold_and_keep_infinite_values()
 
 def test_bad_images_are_rejected():
     with pytest.raises(ValueError, match=r"images must have shape \(N, 1 or 3, H, W\)"):
-        plotting._images(torch.zeros(3, 5))
+        plotting.images.image_arrays(torch.zeros(3, 5))
+
+
+def test_bound_ladder_is_drawn_by_plotting_and_the_method_calls_it(tmp_path):
+    se = {"mean": 0.0, "se": 0.0}
+    ladder = pvae.BoundLadder(
+        n=10,
+        iwae={1: {"mean": -90.0, "se": 0.2}, 10: {"mean": -88.5, "se": 0.1}},
+        elbo_analytic={"mean": -90.1, "se": 0.05},
+        recon=se,
+        kl=se,
+        gap=se,
+        ais={"log_px": -87.9, "log_px_se": 0.05, "steps": 20},
+        bdmc={"gap": 0.3, "gap_se": 0.1},
+    )
+    fig = plotting.bound_ladder(ladder, tmp_path / "ladder.svg")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "k (importance samples)"
+    assert ax.get_ylabel() == "bound (nats per datapoint)" and ax.get_title()
+    legend = tick_texts(ax.get_legend().get_texts())
+    assert legend == ["ELBO (analytic KL)", "AIS (T=20)", "IWAE$_k$"]
+    assert any("BDMC gap" in t.get_text() for t in ax.texts)
+    assert (tmp_path / "ladder.svg").read_text().lstrip().startswith("<?xml")
+    same = ladder.plot().axes[0]  # the method is a thin call into plotting
+    assert tick_texts(same.get_legend().get_texts()) == legend
+    assert tuple(same.figure.get_size_inches()) == tuple(fig.get_size_inches()) == (5.0, 3.5)
+
+
+class _NoEncoder:
+    data_shape = (1, 8, 8)
+    is_built = True
+
+    def decode_mean(self, z):
+        return torch.zeros(len(z), 1, 8, 8)
+
+
+def test_figures_check_capabilities_not_types():
+    """The latent-space figures need encode and decode_mean (and traversals the prior), the
+    grids sample or reconstruct: a model without one gets a TypeError naming figure and method,
+    whatever its class."""
+    with pytest.raises(TypeError, match=r"latent_manifold needs .* callable encode\(\)"):
+        plotting.latent_manifold(_NoEncoder())
+    with pytest.raises(TypeError, match=r"interpolation needs .* encode\(\).*_NoEncoder"):
+        plotting.interpolation(_NoEncoder(), torch.zeros(1, 8, 8), torch.zeros(1, 8, 8))
+    with pytest.raises(TypeError, match=r"latent_scatter needs .* encode\(\)"):
+        plotting.latent_scatter(_NoEncoder(), torch.zeros(4, 1, 8, 8))
+    with pytest.raises(TypeError, match=r"samples needs a model with a callable sample\(\)"):
+        plotting.samples(object())
+    with pytest.raises(TypeError, match=r"reconstructions needs .* reconstruct\(\)"):
+        plotting.reconstructions(object(), torch.zeros(2, 1, 8, 8))
+    vae = pvae.VAE(pvae.priors.StandardNormal(2), hidden=(8,))  # not built
+    with pytest.raises(ValueError, match="the VAE is not built"):
+        plotting.traversals(vae)
+    flat = pvae.VAE(pvae.priors.StandardNormal(2), data_shape=(5,), hidden=(8,))
+    with pytest.raises(ValueError, match=r"latent_manifold shows decoded images.*\(5,\)"):
+        plotting.latent_manifold(flat)

@@ -125,43 +125,9 @@ class BoundLadder:
 
     def plot(self, path: str | Path | None = None) -> Any:
         """Bound vs k on a log axis with ±2 se bars; returns the matplotlib Figure."""
-        import matplotlib
+        from pvae import plotting
 
-        if path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        ks = list(self.iwae)
-        means = [self.iwae[k]["mean"] for k in ks]
-        errs = [2 * self.iwae[k]["se"] for k in ks]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, label="IWAE$_k$")
-        if self.elbo_analytic is not None:
-            ax.axhline(
-                self.elbo_analytic["mean"], color="gray", ls="--", label="ELBO (analytic KL)"
-            )
-        if self.ais is not None:
-            a, se = self.ais, self.ais["log_px_se"] or 0.0
-            ax.axhline(a["log_px"], color="C2", ls="-.", label=f"AIS (T={a['steps']})")
-            ax.axhspan(a["log_px"] - 2 * se, a["log_px"] + 2 * se, color="C2", alpha=0.2)
-        if self.bdmc is not None:
-            b = self.bdmc
-            ax.text(
-                0.98,
-                0.03,
-                f"BDMC gap on simulated data: {b['gap']:.3f} ± {b['gap_se']:.3f} nats",
-                transform=ax.transAxes,
-                ha="right",
-                fontsize=8,
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("k (importance samples)")
-        ax.set_ylabel("bound (nats per datapoint)")
-        ax.set_title("ELBO ≤ IWAE$_k$ ≤ log p(x)")
-        ax.legend()
-        from pvae.plotting import _finish
-
-        return _finish(fig, path)
+        return plotting.bound_ladder(self, path)
 
 
 @torch.no_grad()
