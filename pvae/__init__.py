@@ -26,6 +26,7 @@ from pvae.evaluation import (
     reverse_ais,
     simulate,
 )
+from pvae.family import BaseVAE
 from pvae.hierarchical import HierarchicalVAE
 from pvae.linear_gaussian import LinearGaussian, LinearGaussianChain
 from pvae.model import VAE
@@ -39,6 +40,7 @@ __all__ = [
     "VAE",
     "AISEstimate",
     "BDMCResult",
+    "BaseVAE",
     "BoundLadder",
     "CSVLogger",
     "Callback",

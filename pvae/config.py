@@ -434,7 +434,6 @@ def _validate_model(m: ModelConfig, t: TrainConfig) -> None:
             "closed-form KL of q(z_l | z_{l-1}) against p(z_l | z_{l+1}) uses a z_{l+1} the guide "
             "drew given z_l; use train.objective = 'elbo' or 'iwae'"
         )
-    _no_kl_options(t, f"a hierarchical model (model.latent_dim = {m.latent_dim})")
 
 
 def _no_kl_options(t: TrainConfig, what: str) -> None:

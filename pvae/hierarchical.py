@@ -33,29 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from pvae import nets
-from pvae._checks import positive_int
+from pvae._checks import lookup, positive_int
+from pvae.family import BaseVAE, observation, point_estimate, site_weight
 from pvae.guides import DiagonalNormal
-from pvae.likelihoods import Bernoulli, Likelihood
-from pvae.model import _masked_out, point_estimate
+from pvae.likelihoods import Likelihood
 from pvae.priors import Prior, StandardNormal
-from pvae.program import PyroProgram
 
 __all__ = ["HierarchicalVAE"]
-
-
-def _data_plate(
-    x: Tensor | None, size: int | None, subsample: Tensor | None, batch_size: int | None
-) -> pyro.plate:
-    """The ``"data"`` plate of :meth:`HierarchicalVAE.model` and ``guide`` (as in
-    :class:`pvae.VAE`): over the minibatch, scaled by N / B when ``size`` is given."""
-    if x is None:
-        n = positive_int("batch_size", batch_size) if batch_size is not None else 1
-        return pyro.plate("data", n if size is None else size, subsample_size=n, dim=-1)
-    if size is None:
-        return pyro.plate("data", x.shape[0], dim=-1)
-    if subsample is None:
-        subsample = torch.arange(x.shape[0], device=x.device)
-    return pyro.plate("data", size, subsample=subsample, dim=-1)
 
 
 class _MeanChain:
@@ -74,7 +58,7 @@ class _MeanChain:
         return p.encoders[-1](h)
 
 
-class HierarchicalVAE(PyroProgram):
+class HierarchicalVAE(BaseVAE):
     r"""VAE with L ≥ 1 stochastic layers: generative chain :math:`z_L \to \dots \to z_1 \to x`,
     bottom-up inference :math:`x \to z_1 \to \dots \to z_L` (see the module docstring).
 
@@ -89,6 +73,11 @@ class HierarchicalVAE(PyroProgram):
     :math:`p(z_L) = \frac1K\sum_k q(z_L \mid \mu_{L-1}(u_k))` with
     :math:`\mu_l(u) = \mathbb E\,q(z_l \mid \mu_{l-1}(u))`, :math:`\mu_0(u) = u`, a normalized
     mixture that equals the VampPrior for L = 1 but is only its mean-field analogue above.
+
+    **KL weights.** ``beta`` and ``free_bits`` (:class:`~pvae.family.BaseVAE`; :func:`pvae.fit`
+    sets them each step, warm-up included) weight each layer's site ``"z<l>"`` in model and guide
+    as a Pyro scale; free bits act per layer, on the layer's KL term :meth:`layer_kls`
+    against ``free_bits × dim_l`` nats (Kingma et al. 2016).
 
     .. warning:: ``pyro.infer.TraceMeanField_ELBO`` (pvae's ``"meanfield_elbo"``) is *biased*
        for L ≥ 2: it uses the closed-form KL of :math:`q(z_l\mid z_{l-1})` against
@@ -123,6 +112,8 @@ class HierarchicalVAE(PyroProgram):
         torch.Size([3, 1, 8, 8])
     """
 
+    networks = ("encoders", "conditionals", "decoder")
+
     def __init__(
         self,
         latent_dims: Sequence[int] = (100, 50),
@@ -136,42 +127,24 @@ class HierarchicalVAE(PyroProgram):
         data_shape: Sequence[int] | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(name)
-        if isinstance(latent_dims, int) or not len(latent_dims):
-            raise ValueError(
-                f"latent_dims must be a non-empty sequence of layer widths (z_1 first), got "
-                f"{latent_dims!r}"
-            )
-        self.latent_dims = tuple(positive_int("latent_dims entries", d) for d in latent_dims)
-        L = len(self.latent_dims)
-        top = self.latent_dims[-1]
-        prior = prior if prior is not None else StandardNormal(top)
-        if not isinstance(prior, nn.Module) or not hasattr(prior, "latent_dim"):
-            raise TypeError(f"prior must be a pvae.priors.Prior module, got {type(prior).__name__}")
-        if int(prior.latent_dim) != top:
+        dims = _layer_widths(latent_dims)
+        top = dims[-1]
+        super().__init__(prior if prior is not None else StandardNormal(top), likelihood, name)
+        if int(self.prior.latent_dim) != top:
             raise ValueError(
                 f"the prior is over z_L, the top layer of {top} dimensions "
-                f"(latent_dims={list(self.latent_dims)}), but has latent_dim={prior.latent_dim}"
+                f"(latent_dims={list(dims)}), but has latent_dim={self.prior.latent_dim}"
             )
-        self.prior = prior
-        self.likelihood = likelihood if likelihood is not None else Bernoulli()
-        if hidden is None:
-            hidden = [(2 * d, 2 * d) for d in self.latent_dims]
-        if isinstance(hidden, int) or len(hidden) != L:
-            raise ValueError(
-                f"hidden must give one sequence of hidden widths per stochastic layer ({L}), "
-                f"got {hidden!r}"
-            )
-        self.hidden = tuple(
-            tuple(positive_int(f"hidden[{i}] entries", h) for h in _widths(i, hs))
-            for i, hs in enumerate(hidden)
-        )
-        nets._activation(activation)  # an unknown name fails here, not at build time
+        self.latent_dims = dims
+        L = len(dims)
+        self.hidden = _hidden_widths(hidden, dims)
+        if isinstance(activation, str):  # an unknown name fails here, not at build time
+            lookup("activation", nets.ACTIVATIONS, activation)
         self.activation = activation
         self.encoders = _module_list("encoders", encoders, L)
         self.conditionals = _module_list("conditionals", conditionals, L - 1)
         self.decoder = decoder
-        self.data_shape: tuple[int, ...] | None = None
+        self._scales: tuple[float, ...] = (1.0,) * L  # the layers' weights from the last guide
         if data_shape is not None:
             self.build(data_shape)
 
@@ -186,25 +159,9 @@ class HierarchicalVAE(PyroProgram):
         """Names of the latent sites, bottom to top: ``("z1", …, "zL")``."""
         return tuple(f"z{i}" for i in range(1, self.num_layers + 1))
 
-    @property
-    def is_built(self) -> bool:
-        return (
-            self.data_shape is not None
-            and self.encoders is not None
-            and self.conditionals is not None
-            and self.decoder is not None
-        )
-
-    def build(self, data_shape: Sequence[int]) -> HierarchicalVAE:
-        """Fix the data shape, creating the default networks that were not given.
-
-        Idempotent for the same shape; raises ``ValueError`` for another one.
-        """
-        shape = self._fix_data_shape(data_shape)
-        if shape is None:
-            return self
-        self.data_shape = shape
-        self.likelihood.build(shape)
+    def _build_networks(self, shape: tuple[int, ...]) -> None:
+        """Diagonal Gaussians over MLPs for the encoders and conditionals, and an MLP decoder,
+        where none were given."""
         dims, act = self.latent_dims, self.activation
         inputs: list[int | tuple[int, ...]] = [shape, *dims[:-1]]
         if self.encoders is None:
@@ -220,49 +177,21 @@ class HierarchicalVAE(PyroProgram):
         if self.decoder is None:
             param_shape = self.likelihood.param_shape(shape)
             self.decoder = nets.MLP(dims[0], param_shape, tuple(reversed(self.hidden[0])), act)
-        self.prior.bind(_MeanChain(self), shape)
-        return self
 
-    def _require_built(self) -> None:
-        if not self.is_built:
-            raise ValueError(
-                "the HierarchicalVAE is not built: call model.build(data_shape) or pvae.fit first"
-            )
+    def _prior_encoder(self) -> _MeanChain:
+        return _MeanChain(self)
 
-    def check_compatible(self, x: Tensor) -> None:
-        """Raise ``ValueError`` unless every network fits data like ``x`` (a dry run)."""
-        self._require_built()
-        shape = tuple(x.shape[1:])
-        if shape != self.data_shape:
-            raise ValueError(
-                f"data has datapoints of shape {shape}, but the HierarchicalVAE was built for "
-                f"{self.data_shape}"
-            )
-        with torch.no_grad():
-            h = x[:2]
-            means = []
-            for i, enc in enumerate(self.encoders, 1):
-                h = point_estimate(_event(f"encoders[{i - 1}]", enc(h), self.latent_dims[i - 1]))
-                means.append(h)
-            for i, cond in enumerate(self.conditionals, 1):
-                _event(f"conditionals[{i - 1}]", cond(means[i]), self.latent_dims[i - 1])
-            out = tuple(self.decoder(means[0]).shape[1:])
-        want = tuple(self.likelihood.param_shape(self.data_shape))
-        if out != want:
-            raise ValueError(
-                f"decoder output shape {out} does not match the likelihood's parameter shape "
-                f"{want} for data of shape {self.data_shape}"
-            )
+    def _checked_code(self, x: Tensor) -> Tensor:
+        """The chain's means at ``x``, checking every network's event shape on the way."""
+        h, means = x, []
+        for i, enc in enumerate(self.encoders, 1):
+            h = point_estimate(_event(f"encoders[{i - 1}]", enc(h), self.latent_dims[i - 1]))
+            means.append(h)
+        for i, cond in enumerate(self.conditionals, 1):
+            _event(f"conditionals[{i - 1}]", cond(means[i]), self.latent_dims[i - 1])
+        return means[0]
 
     # -- the distributions, usable without Pyro --------------------------------------------------
-    def decode(self, z1: Tensor) -> dist.TorchDistribution:
-        """p(x | z_1) for z_1 of shape ``(..., dim_1)``."""
-        return self.likelihood(self.decoder(z1), len(self.data_shape))
-
-    def decode_mean(self, z1: Tensor) -> Tensor:
-        """E[x | z_1], for reconstructions and sample grids."""
-        return self.likelihood.mean(self.decoder(z1), len(self.data_shape))
-
     def posterior_means(self, x: Tensor) -> list[Tensor]:
         """The inference chain at its means, ``[μ_1(x), …, μ_L(x)]`` with
         :math:`\\mu_l = \\mathbb E\\,q(z_l \\mid \\mu_{l-1})`, :math:`\\mu_0 = x`: a deterministic
@@ -274,9 +203,8 @@ class HierarchicalVAE(PyroProgram):
             out.append(h)
         return out
 
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """E[x | z_1] at the chain's means: a deterministic reconstruction."""
-        return self.decode_mean(self.posterior_means(x)[0])
+    def _point_code(self, x: Tensor) -> Tensor:
+        return self.posterior_means(x)[0]
 
     def sample_latents(self, n: int) -> list[Tensor]:
         """Draw ``[z_1, …, z_L]`` for ``n`` datapoints down the generative chain."""
@@ -289,16 +217,40 @@ class HierarchicalVAE(PyroProgram):
             out.append(z)
         return out[::-1]
 
-    def sample(self, n: int, mean: bool = False) -> Tensor:
-        """Draw ``n`` datapoints x ~ p(x) (or E[x | z_1] with ``mean=True``, for a picture grid).
-
-        Pyro's route gives the same draws with every latent:
-        ``Predictive(m.model, num_samples=S)(None, batch_size=n)``.
-        """
-        z1 = self.sample_latents(n)[0]
-        return self.decode_mean(z1) if mean else self.decode(z1).sample()
+    def _prior_code(self, n: int) -> Tensor:
+        return self.sample_latents(n)[0]
 
     # -- Pyro program ----------------------------------------------------------------------------
+    def layer_kls(self, x: Tensor) -> list[float]:
+        r"""Each layer's minibatch-mean KL term, from one draw of the inference chain:
+        :math:`\mathrm{KL}_l \approx \frac1B \sum_n \big[\log q(z_l \mid z_{l-1})
+        - \log p(z_l \mid z_{l+1})\big]` with :math:`z_{1:L} \sim q(\cdot \mid x)`,
+        :math:`z_0 = x` and :math:`p(z_L \mid z_{L+1}) = p(z_L)`. The terms sum to the
+        one-draw estimate of :math:`\mathrm{KL}(q(z_{1:L} \mid x) \,\|\, p(z_{1:L}))`; they are
+        the per-layer groups of free bits (Kingma et al. 2016, §C.8). No closed form: the
+        conditional :math:`p(z_l \mid z_{l+1})` is evaluated at a :math:`z_{l+1}` drawn given
+        :math:`z_l` (see the class's warning). Draws its own noise, without gradient.
+        """
+        with torch.no_grad():
+            h, zs, log_q = x, [], []
+            for enc in self.encoders:
+                q = enc(h)
+                h = q.sample()
+                zs.append(h)
+                log_q.append(q.log_prob(h))
+            log_p = [cond(zs[i + 1]).log_prob(zs[i]) for i, cond in enumerate(self.conditionals)]
+            log_p.append(self.prior().log_prob(zs[-1]))
+            return [float((a - b).mean()) for a, b in zip(log_q, log_p, strict=True)]
+
+    def layer_weights(self, x: Tensor) -> tuple[float, ...]:
+        """The weight of each layer's sites, bottom to top: β, or with free bits 0 for a layer
+        whose KL term (:meth:`layer_kls`) is under ``free_bits × dim_l`` nats (see
+        :mod:`pvae.family`)."""
+        if self.free_bits <= 0:
+            return (self.beta,) * self.num_layers
+        kls = self.layer_kls(x)
+        return tuple(self.group_weight(k, d) for k, d in zip(kls, self.latent_dims, strict=True))
+
     def model(
         self,
         x: Tensor | None = None,
@@ -312,7 +264,8 @@ class HierarchicalVAE(PyroProgram):
         Same conventions as :meth:`pvae.VAE.model`: ``x=None`` draws ``batch_size`` datapoints
         (default 1); under ``poutine.mask(mask=False)`` (how :class:`pyro.infer.Predictive` runs
         a model) x is drawn rather than observed, so ``Predictive(m.model, guide=m.guide,
-        num_samples=S)(x)`` is the posterior predictive.
+        num_samples=S)(x)`` is the posterior predictive. Layer l's site is weighted as the
+        guide's (:meth:`layer_weights`).
 
         Args:
             x: Minibatch of shape ``(B, *data_shape)``, or ``None`` to sample.
@@ -324,11 +277,15 @@ class HierarchicalVAE(PyroProgram):
             x: the observed or the drawn datapoints.
         """
         self._require_built()
-        obs = None if x is None or _masked_out() else x
-        with _data_plate(x, size, subsample, batch_size):
-            z = pyro.sample(f"z{self.num_layers}", self.prior())
-            for i in range(self.num_layers - 1, 0, -1):
-                z = pyro.sample(f"z{i}", self.conditionals[i - 1](z))
+        obs = observation(x)
+        w = [self.model_weight(s) for s in self._scales]
+        L = self.num_layers
+        with self.data_plate(x, size, subsample, batch_size):
+            with site_weight(w[L - 1]):
+                z = pyro.sample(f"z{L}", self.prior())
+            for i in range(L - 1, 0, -1):
+                with site_weight(w[i - 1]):
+                    z = pyro.sample(f"z{i}", self.conditionals[i - 1](z))
             return pyro.sample("x", self.decode(z), obs=obs)
 
     def guide(
@@ -338,22 +295,44 @@ class HierarchicalVAE(PyroProgram):
         subsample: Tensor | None = None,
         **_: Any,
     ) -> Tensor:
-        """q(z_1 | x) ∏ q(z_l | z_{l-1}) in the same ``"data"`` plate as :meth:`model`.
+        """q(z_1 | x) ∏ q(z_l | z_{l-1}) in the same ``"data"`` plate as :meth:`model`, layer l's
+        site weighted by :meth:`layer_weights`.
 
         Returns:
             The draw of the top layer z_L.
         """
-        if x is None:
-            raise ValueError(
-                "the guide q(z | x) needs data x; for prior-predictive draws run the model alone "
-                "(Predictive(m.model, num_samples=S)(None, batch_size=B))"
-            )
-        self._require_built()
-        h = x
-        with _data_plate(x, size, subsample, None):
-            for i, enc in enumerate(self.encoders, 1):
-                h = pyro.sample(f"z{i}", enc(h))
+        h = self._guide_data(x)
+        with self.data_plate(x, size, subsample):
+            self._scales = self.layer_weights(x)
+            for i, (enc, w) in enumerate(zip(self.encoders, self._scales, strict=True), 1):
+                with site_weight(w):
+                    h = pyro.sample(f"z{i}", enc(h))
         return h
+
+
+def _layer_widths(latent_dims: Any) -> tuple[int, ...]:
+    if isinstance(latent_dims, int) or not len(latent_dims):
+        raise ValueError(
+            f"latent_dims must be a non-empty sequence of layer widths (z_1 first), got "
+            f"{latent_dims!r}"
+        )
+    return tuple(positive_int("latent_dims entries", d) for d in latent_dims)
+
+
+def _hidden_widths(hidden: Any, dims: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """The checked hidden widths per layer; ``(2 · dim_l, 2 · dim_l)`` each by default."""
+    L = len(dims)
+    if hidden is None:
+        hidden = [(2 * d, 2 * d) for d in dims]
+    if isinstance(hidden, int) or len(hidden) != L:
+        raise ValueError(
+            f"hidden must give one sequence of hidden widths per stochastic layer ({L}), "
+            f"got {hidden!r}"
+        )
+    return tuple(
+        tuple(positive_int(f"hidden[{i}] entries", h) for h in _widths(i, hs))
+        for i, hs in enumerate(hidden)
+    )
 
 
 def _widths(i: int, hs: Any) -> Sequence[int]:

@@ -17,45 +17,19 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import torch
-from pyro.poutine.mask_messenger import MaskMessenger
-from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor, nn
 
 from pvae import nets
-from pvae._checks import positive_int
+from pvae.family import BaseVAE, observation, point_estimate, site_weight
 from pvae.guides import DiagonalNormal
-from pvae.likelihoods import Bernoulli, Likelihood
+from pvae.likelihoods import Likelihood
 from pvae.priors import Prior
-from pvae.program import PyroProgram
 
 __all__ = ["VAE", "point_estimate"]
 
 
-def _weight(w: float) -> poutine.messenger.Messenger:
-    """Scale a site's log density by ``w`` ≥ 0 (Pyro's scale needs w > 0; 0 is a mask)."""
-    return poutine.mask(mask=False) if w == 0 else poutine.scale(scale=w)
-
-
-def point_estimate(q: dist.TorchDistribution) -> Tensor:
-    """A deterministic summary of q(z | x): its mean, or for a flow without a closed-form mean,
-    the base distribution's mean pushed through the transforms."""
-    if isinstance(q, torch.distributions.TransformedDistribution):
-        z = point_estimate(q.base_dist)
-        for t in q.transforms:
-            z = t(z)
-        return z
-    return q.mean
-
-
-def _masked_out() -> bool:
-    """Whether every log density of the current site is masked away (``poutine.mask(False)``,
-    as :class:`pyro.infer.Predictive` runs a model): an observation then informs nothing."""
-    return any(isinstance(m, MaskMessenger) and m.mask is False for m in _PYRO_STACK)
-
-
-class VAE(PyroProgram):
+class VAE(BaseVAE):
     r"""Variational autoencoder over a prior, a likelihood, an encoder (guide) and a decoder.
 
     Components are plain ``nn.Module`` objects, so their parameters are ordinary module
@@ -86,6 +60,9 @@ class VAE(PyroProgram):
         torch.Size([])
     """
 
+    networks = ("encoder", "decoder")
+    fused_path = True  # pvae.objectives.fused computes its objectives (see fused.supports)
+
     def __init__(
         self,
         prior: Prior,
@@ -96,98 +73,50 @@ class VAE(PyroProgram):
         hidden: Sequence[int] = (256, 128),
         name: str | None = None,
     ) -> None:
-        super().__init__(name)
-        if not isinstance(prior, nn.Module) or not hasattr(prior, "latent_dim"):
-            raise TypeError(f"prior must be a pvae.priors.Prior module, got {type(prior).__name__}")
-        self.prior = prior
-        self.likelihood = likelihood if likelihood is not None else Bernoulli()
+        super().__init__(prior, likelihood, name)
         self.encoder = encoder
         self.decoder = decoder
         self.hidden = tuple(hidden)
-        self.data_shape: tuple[int, ...] | None = None
-        # KL regularization, set by the training loop (see kl_scale).
-        self.beta = 1.0
-        self.free_bits = 0.0
-        self._scale: float = 1.0  # the latent sites' scale chosen by the last guide call
+        self._scale: float = 1.0  # the latent site's weight chosen by the last guide call
         if data_shape is not None:
             self.build(data_shape)
 
     @property
     def latent_dim(self) -> int:
+        """D, the width of z."""
         return int(self.prior.latent_dim)
 
-    @property
-    def is_built(self) -> bool:
-        return self.data_shape is not None and self.encoder is not None and self.decoder is not None
-
-    def build(self, data_shape: Sequence[int]) -> VAE:
-        """Fix the data shape, creating default MLP encoder/decoder where none was given.
-
-        Idempotent for the same shape; raises ``ValueError`` for another one.
-        """
-        shape = self._fix_data_shape(data_shape)
-        if shape is None:
-            return self
-        self.data_shape = shape
-        self.likelihood.build(shape)
-        param_shape = self.likelihood.param_shape(shape)
+    def _build_networks(self, shape: tuple[int, ...]) -> None:
+        """The default MLP encoder (a diagonal Gaussian) and decoder, where none was given."""
         if self.encoder is None:
             width = DiagonalNormal.num_params(self.latent_dim)
             self.encoder = DiagonalNormal(nets.MLP(shape, width, self.hidden), self.latent_dim)
         if self.decoder is None:
+            param_shape = self.likelihood.param_shape(shape)
             self.decoder = nets.MLP(self.latent_dim, param_shape, tuple(reversed(self.hidden)))
-        self.prior.bind(self.encoder, shape)
-        return self
 
-    def check_compatible(self, x: Tensor) -> None:
-        """Raise ``ValueError`` unless encoder and decoder fit data like ``x`` (a dry run)."""
-        if not self.is_built:
-            raise ValueError("the VAE is not built: call vae.build(data_shape) or pvae.fit first")
-        shape = tuple(x.shape[1:])
-        if shape != self.data_shape:
+    def _prior_encoder(self) -> nn.Module:
+        return self.encoder
+
+    def _checked_code(self, x: Tensor) -> Tensor:
+        q = self.encode(x)
+        if q.event_shape != (self.latent_dim,):
             raise ValueError(
-                f"data has datapoints of shape {shape}, but the VAE was built for {self.data_shape}"
+                f"encoder must return a distribution with event shape ({self.latent_dim},),"
+                f" got {tuple(q.event_shape)}"
             )
-        with torch.no_grad():
-            q = self.encode(x[:2])
-            if q.event_shape != (self.latent_dim,):
-                raise ValueError(
-                    f"encoder must return a distribution with event shape ({self.latent_dim},),"
-                    f" got {tuple(q.event_shape)}"
-                )
-            out = tuple(self.decoder(point_estimate(q)).shape[1:])
-        want = self.likelihood.param_shape(self.data_shape)
-        if out != tuple(want):
-            raise ValueError(
-                f"decoder output shape {out} does not match the likelihood's parameter shape "
-                f"{tuple(want)} for data of shape {self.data_shape}"
-            )
+        return point_estimate(q)
 
     # -- the three distributions, usable without Pyro -------------------------------------------
     def encode(self, x: Tensor) -> dist.TorchDistribution:
         """q(z | x) for a batch of x."""
         return self.encoder(x)
 
-    def decode(self, z: Tensor) -> dist.TorchDistribution:
-        """p(x | z) for z of shape ``(..., D)``."""
-        return self.likelihood(self.decoder(z), len(self.data_shape))
+    def _point_code(self, x: Tensor) -> Tensor:
+        return point_estimate(self.encode(x))
 
-    def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
-        """log p(x | z) for z of shape ``(..., B, D)`` and x of shape ``(B, *data_shape)``."""
-        return self.likelihood.log_prob(self.decoder(z), x, len(self.data_shape))
-
-    def decode_mean(self, z: Tensor) -> Tensor:
-        """E[x | z], for reconstruction and sample grids."""
-        return self.likelihood.mean(self.decoder(z), len(self.data_shape))
-
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """E[x | z] at the point estimate of q(z | x): a deterministic reconstruction."""
-        return self.decode_mean(point_estimate(self.encode(x)))
-
-    def sample(self, n: int, mean: bool = False) -> Tensor:
-        """Draw ``n`` datapoints x ~ p(x) (or E[x | z] with ``mean=True``, for a picture grid)."""
-        z = self.prior().sample((positive_int("n", n),))
-        return self.decode_mean(z) if mean else self.decode(z).sample()
+    def _prior_code(self, n: int) -> Tensor:
+        return self.prior().sample((n,))
 
     # -- Pyro program ----------------------------------------------------------------------------
     def kl_scale(self, q: dist.TorchDistribution) -> float:
@@ -197,7 +126,8 @@ class VAE(PyroProgram):
         :math:`\mathbb E_q[\log p(x\mid z)] - \beta\,\mathrm{KL}` (Higgins et al. 2017).
         Free bits (Kingma et al. 2016), one group over all latent dimensions: while the
         minibatch-mean KL is below ``free_bits × latent_dim`` nats the KL term gets no gradient
-        (scale 0), so the encoder is not pushed to collapse.
+        (scale 0), so the encoder is not pushed to collapse. The KL is in closed form where
+        PyTorch knows it, else one draw of :math:`\log q(z\mid x) - \log p(z)`.
         """
         if self.free_bits <= 0:
             return self.beta
@@ -208,16 +138,7 @@ class VAE(PyroProgram):
             except NotImplementedError:
                 z = q.sample()
                 kl = q.log_prob(z) - prior.log_prob(z)
-        return self.beta if float(kl.mean()) >= self.free_bits * self.latent_dim else 0.0
-
-    @staticmethod
-    def _plate(x: Tensor, size: int | None, subsample: Tensor | None) -> pyro.plate:
-        if size is None:
-            return pyro.plate("data", x.shape[0], dim=-1)
-        if subsample is None:
-            # Only the minibatch size matters for the N / B scale; avoid a randperm of size N.
-            subsample = torch.arange(x.shape[0], device=x.device)
-        return pyro.plate("data", size, subsample=subsample, dim=-1)
+        return self.group_weight(float(kl.mean()), self.latent_dim)
 
     def model(
         self,
@@ -245,18 +166,11 @@ class VAE(PyroProgram):
         Returns:
             x: the observed or the drawn datapoints.
         """
-        if not self.is_built:
-            raise ValueError("the VAE is not built: call vae.build(data_shape) or pvae.fit first")
-        if x is None:
-            n = positive_int("batch_size", batch_size) if batch_size is not None else 1
-            plate = pyro.plate("data", n if size is None else size, subsample_size=n, dim=-1)
-        else:
-            plate = self._plate(x, size, subsample)
-        obs = None if x is None or _masked_out() else x
-        # With free bits the guide (run first by every ELBO) decides the scale; reuse it.
-        scale = self._scale if self.free_bits > 0 else self.beta
+        self._require_built()
+        plate = self.data_plate(x, size, subsample, batch_size)
+        obs = observation(x)
         with plate:
-            with _weight(scale):
+            with site_weight(self.model_weight(self._scale)):
                 z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.decode(z), obs=obs)
 
@@ -267,16 +181,11 @@ class VAE(PyroProgram):
         subsample: Tensor | None = None,
         **_: Any,
     ) -> Tensor:
-        """q(z | x) in the same ``"data"`` plate as :meth:`model`."""
-        if x is None:
-            raise ValueError(
-                "the guide q(z | x) needs data x; for prior-predictive draws run the model alone "
-                "(Predictive(vae.model, num_samples=S)(None, batch_size=B))"
-            )
-        if not self.is_built:
-            raise ValueError("the VAE is not built: call vae.build(data_shape) or pvae.fit first")
-        with self._plate(x, size, subsample):
+        """q(z | x) in the same ``"data"`` plate as :meth:`model`, its site weighted by
+        :meth:`kl_scale`."""
+        x = self._guide_data(x)
+        with self.data_plate(x, size, subsample):
             q = self.encode(x)
             self._scale = self.kl_scale(q)
-            with _weight(self._scale):
+            with site_weight(self._scale):
                 return pyro.sample("z", q)

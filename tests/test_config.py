@@ -148,10 +148,6 @@ def test_one_layer_configs_are_read_and_written_as_before():
             ["model.latent_dim=[6, 3]"],
             "train.objective='meanfield_elbo' is biased for a hierarchical model",
         ),
-        (
-            ["model.latent_dim=[6, 3]", "train.objective=elbo", "train.beta=0.5"],
-            "train.beta, train.warmup_steps and train.free_bits are options of the one-layer",
-        ),
         (["model.kwargs.a=1"], "model.kwargs is the keyword arguments of model.class"),
         (["model.class=nocolon"], "model.class must be 'package.module:ClassName'"),
         (["model.class=a:b:c"], "model.class must be 'package.module:ClassName'"),

@@ -193,3 +193,47 @@ def test_tensor_weight_equals_the_float_weight(kind, prior, beta, free_bits, flo
         for u, v in zip(ga, gb, strict=True)
     ]
     assert_same(a, ga, b, gb)
+
+
+# -- the capability: fused.supports accepts anything and decides "standard VAE" in one place -----
+class DecoderOverride(pvae.VAE):
+    def decode(self, z):
+        return super().decode(z)
+
+
+@pytest.mark.parametrize(
+    ("module", "objective", "reason"),
+    [
+        (lambda: small("standard_normal"), None, None),
+        (lambda: small("mog"), "iwae", None),
+        (lambda: small("standard_normal"), "renyi", "objective 'renyi' is not one of the fused"),
+        (lambda: small("standard_normal"), Trace_ELBO(), "objective a Trace_ELBO is not one of"),
+        (
+            lambda: CustomModel(pvae.priors.StandardNormal(2)),
+            None,
+            "CustomModel overrides VAE.model",
+        ),
+        (
+            lambda: DecoderOverride(pvae.priors.StandardNormal(2)),
+            "elbo",
+            "DecoderOverride overrides VAE.decode",
+        ),
+        (lambda: pvae.HierarchicalVAE((3, 2)), "elbo", "a HierarchicalVAE is not a standard"),
+        (lambda: None, None, "a NoneType is not a standard pvae.VAE"),
+        (lambda: print, "elbo", "a builtin_function_or_method is not a standard pvae.VAE"),
+        (lambda: torch.nn.Linear(2, 2), None, "a Linear is not a standard pvae.VAE"),
+    ],
+)
+def test_supports_answers_for_any_object(module, objective, reason):
+    from pvae.objectives.fused import supports
+
+    got = supports(module(), objective)
+    assert got == reason if reason is None else got.startswith(reason)
+
+
+def test_supports_sees_a_method_replaced_on_the_instance():
+    from pvae.objectives.fused import supports
+
+    vae = small("standard_normal")
+    vae.guide = lambda x, **kw: None
+    assert supports(vae) == "this VAE replaces VAE.guide on the instance"

@@ -437,3 +437,118 @@ def test_fit_refuses_the_biased_mean_field_elbo_for_a_bottom_up_guide():
     with pytest.raises(ValueError, match="'meanfield_elbo' .*draws 'z2' after 'z1'"):
         pvae.fit(m, torch.randn(10, 4), objective="meanfield_elbo", epochs=1, progress=False)
     pvae.fit(m, torch.randn(10, 4), objective="elbo", epochs=1, progress=False, device="cpu")
+
+
+# -- β, warm-up and free bits: Pyro scales on each layer's sites ---------------------------------
+def _traces(m, x):
+    guide = pyro.poutine.trace(m.guide).get_trace(x)
+    model = pyro.poutine.trace(pyro.poutine.replay(m.model, trace=guide)).get_trace(x)
+    return model, guide
+
+
+def _latent_log_prob(m, tr):
+    return sum(tr.nodes[n]["fn"].log_prob(tr.nodes[n]["value"]).sum() for n in m.sites)
+
+
+@torch.no_grad()
+def test_beta_scales_each_latent_sites_log_density(float64):
+    m = small(dims=(4, 3, 2)).double()
+    x = binary(7).double()
+    pyro.set_rng_seed(0)
+    plain_model, plain_guide = _traces(m, x)
+    m.beta = 0.3
+    pyro.set_rng_seed(0)
+    model, guide = _traces(m, x)
+    recon = model.nodes["x"]["fn"].log_prob(x).sum()
+    for tr, plain in ((model, plain_model), (guide, plain_guide)):
+        for name in m.sites:
+            assert plain.nodes[name]["scale"] == 1.0 and tr.nodes[name]["scale"] == 0.3
+            assert torch.equal(tr.nodes[name]["value"], plain.nodes[name]["value"])
+    # β = 1 is the plain model, number for number; β weights the latent sites' log densities.
+    assert float(plain_model.log_prob_sum()) == pytest.approx(
+        float(recon + _latent_log_prob(m, plain_model)), rel=1e-12
+    )
+    assert float(model.log_prob_sum()) == pytest.approx(
+        float(recon + 0.3 * _latent_log_prob(m, model)), rel=1e-12
+    )
+    assert float(guide.log_prob_sum()) == pytest.approx(
+        0.3 * float(_latent_log_prob(m, guide)), rel=1e-12
+    )
+    pyro.set_rng_seed(0)
+    loss = Trace_ELBO().loss(m.model, m.guide, x)
+    kl = _latent_log_prob(m, guide) - _latent_log_prob(m, model)
+    assert -loss == pytest.approx(float(recon - 0.3 * kl), rel=1e-10)
+
+
+def _fit(data, **kwargs):
+    torch.manual_seed(0)
+    m = pvae.HierarchicalVAE((4, 3), hidden=[[16], [16]])
+    res = pvae.fit(
+        m, data, objective="elbo", epochs=2, batch_size=8, progress=False, device="cpu", **kwargs
+    )
+    return m, [r["train_elbo"] for r in res.history]
+
+
+def test_warmup_through_fit_changes_training_and_beta_one_changes_nothing():
+    data = binary(32)
+    plain, plain_elbo = _fit(data)
+    same, same_elbo = _fit(data, beta=1.0, warmup_steps=0, free_bits=0.0)
+    assert same_elbo == plain_elbo
+    for (n, p), q in zip(plain.state_dict().items(), same.state_dict().values(), strict=True):
+        assert torch.equal(p, q), n
+    warm, warm_elbo = _fit(data, beta=0.5, warmup_steps=4)
+    _, flat_elbo = _fit(data, beta=0.5)
+    assert (warm.beta, warm.free_bits) == (1.0, 0.0)  # the plain model again after training
+    assert warm_elbo != plain_elbo and warm_elbo != flat_elbo
+    changed = [
+        not torch.equal(p, q) for p, q in zip(warm.parameters(), plain.parameters(), strict=True)
+    ]
+    assert all(changed)
+
+
+def _collapsed_top(m):
+    """q(z_2 | z_1) = N(0, I) = p(z_2) whatever z_1: the top layer's KL term is 0."""
+    enc = m.encoders[1]
+    last = [layer for layer in enc.modules() if isinstance(layer, nn.Linear)][-1]
+    d = enc.latent_dim
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias[:d] = 0.0
+        last.bias[d:] = math.log(math.expm1(1.0 - enc.min_scale))  # sd = softplus(raw) + floor
+
+
+def test_free_bits_zero_the_gradient_of_a_collapsed_layer(float64):
+    m = small(prior=pvae.priors.LearnedGaussian(3)).double()
+    _collapsed_top(m)
+    x = binary(7).double()
+    prior_params = list(m.prior.parameters())
+    m.free_bits = 1e-3  # floors of 4e-3 and 3e-3 nats for z1 and z2
+    pyro.set_rng_seed(0)
+    kls = m.layer_kls(x)
+    assert abs(kls[1]) < 1e-12 and kls[0] > 4e-3
+    pyro.set_rng_seed(0)
+    model, guide = _traces(m, x)
+    assert m._scales == (1.0, 0.0)
+    for tr in (model, guide):
+        assert tr.nodes["z2"]["mask"] is False and tr.nodes["z1"]["scale"] == 1.0
+    pyro.set_rng_seed(0)
+    loss = Trace_ELBO().differentiable_loss(m.model, m.guide, x)
+    grads = torch.autograd.grad(loss, prior_params, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)
+    z1 = guide.nodes["z1"]
+    expect = (
+        model.nodes["x"]["fn"].log_prob(x).sum()
+        + model.nodes["z1"]["fn"].log_prob(z1["value"]).sum()
+        - z1["fn"].log_prob(z1["value"]).sum()
+    )
+    assert -float(loss.detach()) == pytest.approx(float(expect.detach()), rel=1e-10)
+    m.free_bits = 0.0  # no floor: the top layer's KL term has a gradient again
+    loss = Trace_ELBO().differentiable_loss(m.model, m.guide, x)
+    grads = torch.autograd.grad(loss, prior_params, allow_unused=True)
+    assert all(g is not None and g.any() for g in grads)
+
+
+def test_a_hierarchical_config_takes_the_kl_options():
+    over = ["model.latent_dim=[6, 3]", "train.objective=elbo", "train.beta=0.5"]
+    cfg = load_config(None, [*over, "train.warmup_steps=10", "train.free_bits=0.1"])
+    assert (cfg.train.beta, cfg.train.warmup_steps, cfg.train.free_bits) == (0.5, 10, 0.1)

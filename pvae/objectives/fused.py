@@ -36,14 +36,72 @@ from torch.distributions import kl_divergence
 from pvae.model import VAE
 from pvae.objectives.iwae import ESTIMATORS, iwae_loss
 
-__all__ = ["CompiledObjective", "FusedObjective", "compile_mode", "log_weights", "supports"]
+__all__ = [
+    "KINDS",
+    "CompiledObjective",
+    "FusedObjective",
+    "compile_mode",
+    "log_weights",
+    "supports",
+]
 
 
-def supports(vae: VAE) -> str | None:
-    """``None`` if the fast path computes this VAE's objectives exactly, else the reason."""
-    for name in ("model", "guide"):
-        if getattr(type(vae), name) is not getattr(VAE, name):
-            return f"{type(vae).__name__} overrides VAE.{name}"
+KINDS = ("elbo", "meanfield_elbo", "iwae")
+"""The objectives the fused path computes (Trace_ELBO, TraceMeanField_ELBO, the IWAE)."""
+
+# The methods whose expressions this module writes out: overriding any of them changes what
+# Pyro's objectives compute from the traces but not what the fused path computes.
+_FIXED_METHODS = ("model", "guide", "encode", "decode", "log_likelihood", "kl_scale")
+
+
+def supports(module: object, objective: str | None = None) -> str | None:
+    """``None`` when the fused path computes ``module``'s objective exactly, else a one-line
+    reason; the one place that decides what a "standard VAE" is.
+
+    The fused path writes out the expressions of :class:`~pvae.VAE`'s model and guide (one
+    latent site ``z``, one observed ``x``). It applies to an object whose class declares the
+    capability (:attr:`pvae.family.BaseVAE.fused_path`) and keeps VAE's own ``model``,
+    ``guide`` and the methods they evaluate (``encode``, ``decode``, ``log_likelihood``,
+    ``kl_scale``), on the class and the instance; and, when ``objective`` is given, to a name
+    in :data:`KINDS`.
+
+    Args:
+        module: Anything: a VAE, another module, a function, ``None``. Never raises.
+        objective: An objective name (or a Pyro ELBO instance, which the fused path does not
+            compute), or ``None`` to ask about the module alone.
+
+    Example:
+        >>> import pvae
+        >>> vae = pvae.VAE(pvae.priors.StandardNormal(2))
+        >>> supports(vae, "iwae") is None, supports(None)
+        (True, 'a NoneType is not a standard pvae.VAE')
+        >>> supports(vae, "renyi")
+        "objective 'renyi' is not one of the fused path's (elbo, meanfield_elbo, iwae)"
+    """
+    try:
+        reason = _structure(module)
+    except Exception:  # an object whose attribute lookup itself fails
+        return "the object cannot be inspected, so it is not a standard pvae.VAE"
+    if (
+        reason is None
+        and objective is not None
+        and not (isinstance(objective, str) and objective in KINDS)
+    ):
+        what = repr(objective) if isinstance(objective, str) else f"a {type(objective).__name__}"
+        return f"objective {what} is not one of the fused path's ({', '.join(KINDS)})"
+    return reason
+
+
+def _structure(module: object) -> str | None:
+    cls = type(module)
+    if getattr(cls, "fused_path", False) is not True:
+        return f"a {cls.__name__} is not a standard pvae.VAE"
+    own = getattr(module, "__dict__", {})
+    for name in _FIXED_METHODS:
+        if name in own:
+            return f"this {cls.__name__} replaces VAE.{name} on the instance"
+        if getattr(cls, name, None) is not getattr(VAE, name):
+            return f"{cls.__name__} overrides VAE.{name}"
     return None
 
 
@@ -80,7 +138,7 @@ class FusedObjective:
     def __init__(
         self, kind: str, num_particles: int = 1, vectorize: bool = False, estimator: str = "reparam"
     ) -> None:
-        if kind not in ("elbo", "meanfield_elbo", "iwae"):
+        if kind not in KINDS:
             raise ValueError(f"unknown fused objective {kind!r}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
