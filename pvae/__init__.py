@@ -14,6 +14,7 @@ from pvae.compare import Comparison, compare
 from pvae.config import Config, build_vae, load_config
 from pvae.evaluation import (
     AISEstimate,
+    AISSettings,
     BDMCResult,
     BoundLadder,
     ElboEstimate,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VAE",
     "AISEstimate",
+    "AISSettings",
     "BDMCResult",
     "BaseVAE",
     "BoundLadder",

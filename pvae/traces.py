@@ -52,16 +52,19 @@ __all__ = [
     "check_sites",
     "checked_particle_traces",
     "closed_form_blockers",
+    "data_frame",
     "inspect_pair",
     "log_weights",
     "particle_traces",
+    "per_datapoint",
     "site_terms",
 ]
 
 PARTICLES = "_pvae_particles"
 
 
-def _data_frame(site: dict[str, Any], data_plate: str) -> Any:
+def data_frame(site: dict[str, Any], data_plate: str) -> Any:
+    """The frame of ``site``'s plate named ``data_plate`` (its dim and size), or ``None``."""
     for f in site["cond_indep_stack"]:
         if f.name == data_plate:
             return f
@@ -122,8 +125,9 @@ def particle_traces(
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
 
-def _per_datapoint(lp: Tensor, n_dims: int, data_dim: int, k: int, b: int, name: str) -> Tensor:
-    """Sum a site's log density over every dimension but particles (first) and data."""
+def per_datapoint(lp: Tensor, n_dims: int, data_dim: int, k: int, b: int, name: str) -> Tensor:
+    """Sum a site's log density over every dimension but particles (first) and data: ``(k, b)``
+    for a site inside the data plate (``data_dim`` its dim, ``b`` its size), named in errors."""
     if lp.dim() > n_dims:
         raise ValueError(
             f"site {name!r} has a log density of shape {tuple(lp.shape)}, more batch dimensions "
@@ -153,7 +157,7 @@ def check_sites(model_trace: Any, guide_trace: Any, data_plate: str) -> None:
                 raise ValueError(
                     f"{role} site {name!r} is enumerated; pvae's estimators need sampled sites"
                 )
-            if _data_frame(site, data_plate) is None:
+            if data_frame(site, data_plate) is None:
                 what = "observed site" if site["is_observed"] else "latent site"
                 raise ValueError(
                     f"{role} {what} {name!r} is outside the {data_plate!r} plate (a global "
@@ -223,15 +227,15 @@ def site_terms(
         for name, site in tr.nodes.items():
             if site["type"] != "sample":
                 continue
-            frame = _data_frame(site, data_plate)
+            frame = data_frame(site, data_plate)
             terms.scales.add(float(site["scale"]))
             if role == "guide":
                 terms.reparam = terms.reparam and bool(site["fn"].has_rsample)
                 lp = log_q[name] if log_q is not None else _site_log_prob(site)
-                terms.guide[name] = _per_datapoint(lp, n_dims, frame.dim, k, frame.size, name)
+                terms.guide[name] = per_datapoint(lp, n_dims, frame.dim, k, frame.size, name)
             else:
                 lp = _site_log_prob(site)
-                terms.model[name] = _per_datapoint(lp, n_dims, frame.dim, k, frame.size, name)
+                terms.model[name] = per_datapoint(lp, n_dims, frame.dim, k, frame.size, name)
                 if site["is_observed"]:
                     terms.observed.append(name)
     return terms

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 import pvae
+from pvae.evaluation.energy import FusedEnergy, TraceEnergy, evaluate
+from pvae.evaluation.hmc import Noise
 
 # The module, whatever pvae.evaluation re-exports under the name `ais` (the function).
 A = importlib.import_module("pvae.evaluation.ais")
@@ -60,7 +62,7 @@ def test_hmc_step_leaves_a_correlated_gaussian_invariant():
 
 
 def test_seeded_draws_are_standard_normal_and_uniform_whatever_the_block():
-    noise = A._Noise(7, torch.arange(40), 0)
+    noise = Noise(7, torch.arange(40), 0)
     like = torch.zeros(50, 40, 25, dtype=torch.float64)
     m = torch.cat([noise.momentum(t, like).flatten() for t in range(1, 11)])
     u = torch.cat([noise.uniform(t, like, 1).flatten() for t in range(1, 101)])
@@ -72,7 +74,7 @@ def test_seeded_draws_are_standard_normal_and_uniform_whatever_the_block():
     assert abs(float(u.mean()) - 0.5) < 4 / math.sqrt(12 * k) and float(u.min()) >= 0
     assert float(u.max()) < 1
     # A datapoint's draws do not depend on the block it is in.
-    alone = A._Noise(7, torch.arange(5, 6), 0).momentum(3, like[:, :1])
+    alone = Noise(7, torch.arange(5, 6), 0).momentum(3, like[:, :1])
     assert torch.equal(noise.momentum(3, like)[:, 5:6], alone)
 
 
@@ -199,10 +201,10 @@ def _energies(vae, x, start):
     u = torch.randn(3, x.shape[0], 2, dtype=torch.float64)
     for fast in (True, False):
         _, layout, energy = A._setup(vae, x, None, None, fast)
-        assert isinstance(energy, A._FusedEnergy if fast else A._TraceEnergy)
+        assert isinstance(energy, FusedEnergy if fast else TraceEnergy)
         with pyro.validation_enabled(False):
             state = energy.prepare(x, {})
-            out.append(A._evaluate(energy, layout, state, u, start))
+            out.append(evaluate(energy, layout, state, u, start))
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 
 import pvae
 from pvae.evaluation import _psis
-from pvae.evaluation._weights import _bytes_per_draw, plan, resolve
+from pvae.evaluation._weights import bytes_per_draw, plan, resolve
 
 MODEL = pvae.LinearGaussian(data_dim=6, latent_dim=2, sigma=0.5, seed=0)
 
@@ -169,7 +169,7 @@ def test_chunking_keeps_memory_under_budget_and_does_not_change_the_answer(x):
     for budget in (200_000, 2_000_000, 1 << 30):
         target = resolve(vae, x, None, None)
         block, chunk = plan(target, 5000, budget, torch.float64, keep=True)
-        per = _bytes_per_draw(target, torch.float64)
+        per = bytes_per_draw(target, torch.float64)
         assert block * 5000 * 8 + block * chunk * per <= budget
     small = pvae.log_px(vae, x, k=5000, memory_budget=200_000)
     large = pvae.log_px(vae, x, k=5000)
@@ -183,7 +183,7 @@ def test_mnist_sized_plan_at_k_5000_fits_a_small_budget():
     budget = 256 << 20
     target = resolve(vae, x, None, None)
     block, chunk = plan(target, 5000, budget, torch.float64, keep=True)
-    per = _bytes_per_draw(target, torch.float64)
+    per = bytes_per_draw(target, torch.float64)
     assert block * 5000 * 8 + block * chunk * per <= budget and chunk >= 1
 
 

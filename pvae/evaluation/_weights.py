@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyro
@@ -21,15 +21,22 @@ from torch.distributions import constraints
 
 from pvae._checks import check_data_fits, positive_int
 from pvae.distributed import info as dist_info
-from pvae.model import VAE
 from pvae.program import Program, as_program, param_sites
 from pvae.traces import TraceWeights, check_sites, inspect_pair
+
+if TYPE_CHECKING:
+    from pvae.model import VAE
 
 DEFAULT_BUDGET = 1 << 30  # bytes of working memory
 # Largest activation working set per chunk that stays fast: caches on a CPU (measured on digits:
 # 16-20 MB chunks ran 2x faster than 200 MB ones), throughput-bound kernels on an accelerator.
 _FAST_WORKSET = {"cpu": 16 << 20}
 _FAST_WORKSET_ACCEL = 1 << 30
+
+
+def fast_workset(device: torch.device) -> int:
+    """Bytes of activations per chunk that still run at full speed on ``device``'s type."""
+    return _FAST_WORKSET.get(device.type, _FAST_WORKSET_ACCEL)
 
 
 class WeightSource(Protocol):
@@ -219,7 +226,10 @@ def _fused_ok(program: Program, kwargs: Mapping[str, Any]) -> bool:
     from pvae.objectives.fused import supports
 
     vae = program.owner
-    if not isinstance(vae, VAE) or kwargs or supports(vae) is not None:
+    # The fused path's own question (any object; a pair of plain functions has no owner).
+    if kwargs or not all(hasattr(type(vae), n) for n in ("model", "guide")):
+        return False
+    if supports(vae) is not None:
         return False
     owners = [getattr(f, "owner", None) for f in (program.model, program.guide)]
     return owners == [vae, vae] and [program.model.role, program.guide.role] == ["model", "guide"]
@@ -251,18 +261,7 @@ def resolve(
         )
     kwargs = dict(kwargs or {})
     owner = program.owner
-    if isinstance(owner, VAE):
-        if not owner.is_built:  # its networks would hold random weights, never trained ones
-            raise ValueError(
-                "the VAE is not built, so it has no trained weights to evaluate: build the VAE "
-                "first or pass data_shape (pvae.VAE(..., data_shape=...)), train it with "
-                "pvae.fit, or load a checkpoint with pvae.load_run_state"
-            )
-        if tuple(x.shape[1:]) != owner.data_shape:
-            raise ValueError(
-                f"x has datapoints of shape {tuple(x.shape[1:])}, but the VAE was built for "
-                f"{owner.data_shape}"
-            )
+    _check_built_for(owner, x)
     dtype = _floating_dtype(owner)
     if dtype is not None and x.dtype != dtype:  # as fit does: the data follow the model's dtype
         x = x.to(dtype)
@@ -292,13 +291,30 @@ def resolve(
     return Target(program, x, kwargs, source, nesting)
 
 
+def _check_built_for(owner: Any, x: Tensor) -> None:
+    """A model that says it is not built, or was built for other datapoints, is refused (asked
+    by capability: ``is_built`` and ``data_shape``, as the VAE family has them)."""
+    if not getattr(owner, "is_built", True):  # its networks would hold random weights
+        raise ValueError(
+            "the VAE is not built, so it has no trained weights to evaluate: build the VAE "
+            "first or pass data_shape (pvae.VAE(..., data_shape=...)), train it with "
+            "pvae.fit, or load a checkpoint with pvae.load_run_state"
+        )
+    shape = getattr(owner, "data_shape", None)
+    if isinstance(shape, tuple | list) and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"x has datapoints of shape {tuple(x.shape[1:])}, but the VAE was built for "
+            f"{tuple(shape)}"
+        )
+
+
 def _floating_dtype(module: Any) -> torch.dtype | None:
     if not isinstance(module, nn.Module):
         return None
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
-def _bytes_per_draw(target: Target, dtype: torch.dtype) -> int:
+def bytes_per_draw(target: Target, dtype: torch.dtype) -> int:
     """Working memory of one (draw, datapoint) pair, measured on one draw for one datapoint:
     the outputs of the networks that run per draw, a few log-density temporaries, and the
     log weight itself."""
@@ -342,7 +358,7 @@ def plan(
         raise TypeError(f"memory_budget must be an integer number of bytes, got {memory_budget!r}")
     x = target.x
     n = x.shape[0]
-    per_draw = _bytes_per_draw(target, dtype)
+    per_draw = bytes_per_draw(target, dtype)
     store = k * (torch.finfo(dtype).bits // 8) if keep else 0  # kept log weights per datapoint
     need = per_draw + store + x[0].numel() * x.element_size()
     if memory_budget < need:
@@ -351,7 +367,7 @@ def plan(
             f"it needs at least {need} bytes"
             + (" (or pass khat=False to stream the weights)" if keep else "")
         )
-    fast = _FAST_WORKSET.get(x.device.type, _FAST_WORKSET_ACCEL)
+    fast = fast_workset(x.device)
     block = max(1, min(n, (memory_budget // 2) // store if keep else n))
 
     def workset(b: int) -> int:

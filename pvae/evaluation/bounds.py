@@ -32,10 +32,19 @@ from torch import Tensor
 from pvae._checks import positive_int
 from pvae.distributed import gather_blocks
 from pvae.evaluation._psis import pareto_khat
-from pvae.evaluation._weights import DEFAULT_BUDGET, blocks, check_k, plan, resolve, seeded
+from pvae.evaluation._weights import (
+    DEFAULT_BUDGET,
+    Target,
+    blocks,
+    check_k,
+    plan,
+    resolve,
+    seeded,
+)
 from pvae.evaluation.ais import ais, bdmc
+from pvae.evaluation.annealing import AISSettings
 from pvae.evaluation.elbo import evaluate_elbo
-from pvae.evaluation.log_px import _finish
+from pvae.evaluation.log_px import LogPxEstimate
 
 __all__ = ["BoundLadder", "bounds"]
 
@@ -190,10 +199,52 @@ def bounds(
     if isinstance(ks, int) or not len(ks):
         raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
     ks = sorted({check_k(k, "ks entries") for k in ks})
-    kmax = ks[-1]
     elbo_samples = positive_int("elbo_samples", elbo_samples)
     target = resolve(model, x_or_guide, x, kwargs, fast=fast)
     x = target.x
+    top, rung_vals, rung_vars = _rungs(
+        target, ks, memory_budget, dtype, seed, distributed, progress
+    )
+    iwae = {k: _mean_se(rung_vals[k].cpu(), rung_vars[k].cpu()) for k in ks}
+    with seeded(seed, -1, x.device):
+        est = evaluate_elbo(
+            target.program, x, num_samples=elbo_samples, analytic_kl=True, kwargs=target.kwargs
+        )
+    elbo_se2 = est.se.double().cpu() ** 2
+    elbo_vals = est.elbo.double().cpu()
+    if not est.analytic_kl:  # the Monte Carlo rung with k_max draws is the better ELBO
+        elbo_vals = rung_vals[1].cpu() if 1 in rung_vals else elbo_vals
+        elbo_se2 = rung_vars[1].cpu() if 1 in rung_vars else elbo_se2
+    gap = top.log_px - elbo_vals
+    ais_summary, bdmc_summary = _annealed(
+        target, ais_steps, ais_chains, bdmc_n, memory_budget, seed, progress, distributed
+    )
+    return BoundLadder(
+        n=x.shape[0],
+        iwae=iwae,
+        elbo_analytic=_mean_se(est.elbo.double().cpu(), elbo_se2) if est.analytic_kl else None,
+        recon=_mean_se(est.recon.double().cpu(), est.se.double().cpu() ** 2),
+        kl=_mean_se(est.kl.double().cpu(), torch.zeros(x.shape[0], dtype=torch.float64)),
+        gap=_mean_se(gap, top.se**2 + elbo_se2),
+        log_px=top.summary(),
+        ais=ais_summary,
+        bdmc=bdmc_summary,
+    )
+
+
+def _rungs(
+    target: Target,
+    ks: list[int],
+    memory_budget: int,
+    dtype: torch.dtype,
+    seed: int | None,
+    distributed: bool,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[LogPxEstimate, dict[int, Tensor], dict[int, Tensor]]:
+    """The IWAE_k rungs from one set of ``max(ks)`` draws per datapoint: the top rung's estimate,
+    and every rung's per-datapoint values and Monte Carlo variances (of the mean over the
+    ``k_max // k`` disjoint groups of k draws below the top; delta method at the top)."""
+    x, kmax = target.x, ks[-1]
     block, chunk = plan(target, kmax, memory_budget, dtype, keep=True)
     parts: dict[int, Tensor] = {}
     for i, lse, lse2, kept in blocks(
@@ -210,62 +261,41 @@ def bounds(
         gather_blocks(parts, num_blocks) if distributed else [parts[i] for i in range(num_blocks)],
         dim=1,
     )
-    top = _finish(table[0], table[1], table[2], kmax, math.prod(x.shape[1:]))
+    top = LogPxEstimate.from_sums(table[0], table[1], table[2], kmax, math.prod(x.shape[1:]))
     rung_vals = {k: table[3 + 2 * j] for j, k in enumerate(ks[:-1])}
     rung_vars = {k: table[4 + 2 * j] for j, k in enumerate(ks[:-1])}
     rung_vals[kmax], rung_vars[kmax] = top.log_px, top.se**2
-    iwae = {k: _mean_se(rung_vals[k].cpu(), rung_vars[k].cpu()) for k in ks}
+    return top, rung_vals, rung_vars
 
-    with seeded(seed, -1, x.device):
-        est = evaluate_elbo(
-            target.program, x, num_samples=elbo_samples, analytic_kl=True, kwargs=target.kwargs
+
+def _annealed(
+    target: Target,
+    ais_steps: int | None,
+    ais_chains: int,
+    bdmc_n: int,
+    memory_budget: int,
+    seed: int | None,
+    progress: Callable[[int, int], None] | None,
+    distributed: bool,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The summaries of forward AIS on the data and of BDMC on ``bdmc_n`` simulated datapoints,
+    with one :class:`~pvae.AISSettings` (``None`` for what was not asked)."""
+    if ais_steps is None and not bdmc_n:
+        return None, None
+    if ais_steps is None:
+        raise ValueError(f"bdmc_n={bdmc_n} needs ais_steps (the AIS schedule to check)")
+    settings = AISSettings(steps=ais_steps, chains=ais_chains, memory_budget=memory_budget)
+    run = {"seed": 0 if seed is None else seed, "progress": progress, "distributed": distributed}
+    x = target.x
+    ais_summary = ais(
+        target.program, x, settings=settings, kwargs=target.kwargs or None, **run
+    ).summary()
+    if not bdmc_n:
+        return ais_summary, None
+    if target.kwargs:
+        raise ValueError(
+            "bdmc_n: a model with keyword arguments (labels…) needs data simulated "
+            "with them; call pvae.simulate and pvae.bdmc yourself"
         )
-    elbo_se2 = est.se.double().cpu() ** 2
-    elbo_vals = est.elbo.double().cpu()
-    if not est.analytic_kl:  # the Monte Carlo rung with k_max draws is the better ELBO
-        elbo_vals = rung_vals[1].cpu() if 1 in rung_vals else elbo_vals
-        elbo_se2 = rung_vars[1].cpu() if 1 in rung_vars else elbo_se2
-    gap = top.log_px - elbo_vals
-    ais_summary = bdmc_summary = None
-    if ais_steps is not None or bdmc_n:
-        if ais_steps is None:
-            raise ValueError(f"bdmc_n={bdmc_n} needs ais_steps (the AIS schedule to check)")
-        s = 0 if seed is None else seed
-        ais_summary = ais(
-            target.program,
-            x,
-            steps=ais_steps,
-            chains=ais_chains,
-            kwargs=target.kwargs or None,
-            memory_budget=memory_budget,
-            seed=s,
-            progress=progress,
-            distributed=distributed,
-        ).summary()
-        if bdmc_n:
-            if target.kwargs:
-                raise ValueError(
-                    "bdmc_n: a model with keyword arguments (labels…) needs data simulated "
-                    "with them; call pvae.simulate and pvae.bdmc yourself"
-                )
-            n = positive_int("bdmc_n", bdmc_n)
-            bdmc_summary = bdmc(
-                target.program,
-                n=n,
-                steps=ais_steps,
-                chains=ais_chains,
-                seed=s,
-                progress=progress,
-                distributed=distributed,
-            ).summary()
-    return BoundLadder(
-        n=x.shape[0],
-        iwae=iwae,
-        elbo_analytic=_mean_se(est.elbo.double().cpu(), elbo_se2) if est.analytic_kl else None,
-        recon=_mean_se(est.recon.double().cpu(), est.se.double().cpu() ** 2),
-        kl=_mean_se(est.kl.double().cpu(), torch.zeros(x.shape[0], dtype=torch.float64)),
-        gap=_mean_se(gap, top.se**2 + elbo_se2),
-        log_px=top.summary(),
-        ais=ais_summary,
-        bdmc=bdmc_summary,
-    )
+    n = positive_int("bdmc_n", bdmc_n)
+    return ais_summary, bdmc(target.program, settings=settings, n=n, **run).summary()

@@ -33,10 +33,10 @@ from pvae._checks import positive_int
 from pvae.evaluation._weights import Target, resolve
 from pvae.program import param_sites
 from pvae.traces import (
-    _data_frame,
-    _per_datapoint,
     closed_form_blockers,
+    data_frame,
     particle_traces,
+    per_datapoint,
     site_terms,
 )
 
@@ -97,8 +97,8 @@ def _site_kl(guide_site: dict, model_site: dict, n_dims: int, s: int) -> Tensor 
     except NotImplementedError:
         return None
     kl = scale_and_mask(kl, mask=model_site["mask"])
-    frame = _data_frame(model_site, "data")
-    return _per_datapoint(kl, n_dims, frame.dim, s, frame.size, model_site["name"])
+    frame = data_frame(model_site, "data")
+    return per_datapoint(kl, n_dims, frame.dim, s, frame.size, model_site["name"])
 
 
 def _chunk_terms(

@@ -78,6 +78,26 @@ class LogPxEstimate:
     num_dims: int
     adaptive: AdaptiveReport | None = None
 
+    @classmethod
+    def from_sums(
+        cls,
+        lse: Tensor,
+        lse2: Tensor,
+        khat: Tensor,
+        k: int,
+        num_dims: int,
+        k_used: Tensor | None = None,
+        adaptive: AdaptiveReport | None = None,
+    ) -> LogPxEstimate:
+        """The estimate from log Σw and log Σw² over ``k`` draws per datapoint (``k_used`` per
+        datapoint when the adaptive mode drew different numbers), its standard error and ESS
+        by the delta method."""
+        kk = k_used.to(lse) if k_used is not None else torch.full_like(lse, float(k))
+        ess, se = delta_method(lse, lse2, kk)
+        return cls(
+            (lse - kk.log()).cpu(), se.cpu(), ess.cpu(), khat.to(lse).cpu(), k, num_dims, adaptive
+        )
+
     @property
     def unreliable_fraction(self) -> float | None:
         """Fraction of datapoints whose k̂ is at least :data:`KHAT_LIMIT` (``None`` without k̂)."""
@@ -137,24 +157,6 @@ class LogPxEstimate:
             "warning": self.warning,
             "adaptive": self.adaptive.summary() if self.adaptive is not None else None,
         }
-
-
-def _finish(
-    lse: Tensor,
-    lse2: Tensor,
-    khat: Tensor,
-    k: int,
-    num_dims: int,
-    k_used: Tensor | None = None,
-    adaptive: AdaptiveReport | None = None,
-) -> LogPxEstimate:
-    """The estimate from log Σw and log Σw² over ``k`` draws (``k_used`` per datapoint when
-    the adaptive mode drew different numbers)."""
-    kk = k_used.to(lse) if k_used is not None else torch.full_like(lse, float(k))
-    ess, se = delta_method(lse, lse2, kk)
-    return LogPxEstimate(
-        (lse - kk.log()).cpu(), se.cpu(), ess.cpu(), khat.to(lse).cpu(), k, num_dims, adaptive
-    )
 
 
 @torch.no_grad()
@@ -277,7 +279,7 @@ def _estimate(
         if progress is not None:
             drawn = int(k_used.sum())
             progress(drawn, drawn)
-        return _finish(lse, lse2, kh, k, target.num_dims, k_used, report)
+        return LogPxEstimate.from_sums(lse, lse2, kh, k, target.num_dims, k_used, report)
     block, chunk = plan(target, k, memory_budget, dtype, keep=khat)
     parts: dict[int, Tensor] = {}
     for i, lse, lse2, kept in blocks(
@@ -294,4 +296,4 @@ def _estimate(
         gather_blocks(parts, num_blocks) if distributed else [parts[i] for i in range(num_blocks)],
         dim=1,
     )
-    return _finish(lse, lse2, kh, k, target.num_dims)
+    return LogPxEstimate.from_sums(lse, lse2, kh, k, target.num_dims)
