@@ -225,11 +225,8 @@ def _same_support(a: constraints.Constraint, b: constraints.Constraint) -> bool:
 def _fused_ok(program: Program, kwargs: Mapping[str, Any]) -> bool:
     from pvae.objectives.fused import supports
 
-    vae = program.owner
-    # The fused path's own question (any object; a pair of plain functions has no owner).
-    if kwargs or not all(hasattr(type(vae), n) for n in ("model", "guide")):
-        return False
-    if supports(vae) is not None:
+    vae = program.owner  # None for a pair of plain functions: supports() says no
+    if kwargs or supports(vae) is not None:
         return False
     owners = [getattr(f, "owner", None) for f in (program.model, program.guide)]
     return owners == [vae, vae] and [program.model.role, program.guide.role] == ["model", "guide"]
