@@ -1,5 +1,5 @@
-"""What the ``pvae`` commands share: progress lines by phase, the one-line error report, the
-main-process test under ``torchrun``, ``--seeds`` checking and the JSON/summary of a run."""
+"""What the ``pvae`` commands share: progress lines by phase on stderr, the one-line error
+report, and whether this process prints (and shards its work) under ``torchrun``."""
 
 from __future__ import annotations
 
