@@ -4,8 +4,8 @@ log p(x) on the same test points, and overlaid validation curves (``pvae compare
 A ranking of models from one training run each confuses the Monte Carlo error of an estimate
 with the variability of training itself. Here every configuration is trained with several seeds
 (``pvae train --seeds 0 1 2``), every run is evaluated per datapoint (``pvae evaluate RUN``
-stores ``RUN/evaluation/<split>.npz`` through :func:`save_evaluation`), and :func:`compare`
-reports, for runs grouped by configuration (the seed pooled):
+stores ``RUN/evaluation/<split>.npz`` through :func:`~pvae.rundir.save_evaluation`), and
+:func:`compare` reports, for runs grouped by configuration (the seed pooled):
 
 * each group's final metrics as mean ± standard error over its :math:`n` seeds,
   :math:`\bar m \pm s_m/\sqrt n` with :math:`s_m` the sample standard deviation of the per-seed
@@ -49,7 +49,7 @@ Example:
         done
         pvae compare runs/standard_normal runs/mog runs/vamp --reference 0 --plot curves.png
 
-    or from Python, on runs trained and evaluated (:func:`evaluate_run`) the same way:
+    or from Python, on runs trained and evaluated (:func:`~pvae.runs.evaluate_run`) the same way:
 
     >>> from pvae.compare import compare  # doctest: +SKIP
     >>> c = compare(["runs/standard_normal", "runs/vamp"], reference=0)  # doctest: +SKIP
@@ -58,48 +58,43 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import io
 import itertools
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from pvae._checks import figure_path, positive_int
-from pvae.checkpoint import load_checkpoint
-from pvae.evaluation.elbo import ElboEstimate
-from pvae.evaluation.log_px import LogPxEstimate
-from pvae.files import atomic_write_bytes, dumps, finite
-from pvae.rundir import CHECKPOINT, CONFIG, EVALUATION_DIR, METRICS
-from pvae.runs import read_run_config
+from pvae.files import finite
+from pvae.rundir import (
+    Evaluation,
+    data_fingerprint,
+    find_runs,
+    load_evaluation,
+    read_history,
+    read_run_config,
+    save_evaluation,
+)
+from pvae.runs import evaluate_run
 
+# The per-datapoint store (Evaluation, save/load_evaluation, data_fingerprint) lives with the run
+# folder (pvae.rundir), evaluate_run with the runs (pvae.runs); both stay importable from here.
 __all__ = [
     "Comparison",
     "Difference",
     "Evaluation",
     "Group",
     "Pooled",
-    "add_parser",
     "compare",
     "data_fingerprint",
     "evaluate_run",
     "load_evaluation",
-    "run",
     "save_evaluation",
 ]
-
-FORMAT = "pvae-evaluation"
-VERSION = 1
 
 # Settings that do not change what is trained: left out of a group's key.
 IGNORED_KEYS = frozenset(
@@ -116,267 +111,6 @@ IGNORED_KEYS = frozenset(
     }
 )
 IGNORED_SECTIONS = frozenset({"log"})
-
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_PER_DATAPOINT = ("elbo", "elbo_se", "log_px", "log_px_se", "log_px_ess", "log_px_khat")
-
-
-# --------------------------------------------------------------------------- per-datapoint store
-
-
-def data_fingerprint(x: Tensor) -> str:
-    """SHA-256 of a data tensor's shape and values (as float64, so the dtype the data were
-    loaded in does not matter): two evaluations with the same fingerprint scored the same points
-    in the same order."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    h = hashlib.sha256(repr(tuple(x.shape)).encode())
-    h.update(x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """A run's stored per-datapoint evaluation of one split (arrays of shape ``(N,)``, nats).
-
-    Attributes:
-        run: The run folder.
-        split: The split's name (``"test"``...).
-        fingerprint: :func:`data_fingerprint` of the evaluated data.
-        n: Number of datapoints.
-        epoch: The checkpoint's epoch when evaluated (``None`` if not recorded).
-        elbo: ELBO per datapoint.
-        elbo_se: Its Monte Carlo s.e. (NaN with one sample).
-        log_px: Importance-weighted log p(x) per datapoint, or ``None``.
-        log_px_se: Its Monte Carlo s.e., or ``None``.
-        k: Importance samples of ``log_px``, or ``None``.
-        meta: Free-form settings recorded with it (seed, number of samples...).
-        arrays: Every stored per-datapoint array by name (also ESS and k̂ where stored).
-    """
-
-    run: Path
-    split: str
-    fingerprint: str
-    n: int
-    epoch: int | None
-    elbo: np.ndarray
-    elbo_se: np.ndarray
-    log_px: np.ndarray | None
-    log_px_se: np.ndarray | None
-    k: int | None
-    meta: dict[str, Any]
-    arrays: dict[str, np.ndarray] = field(repr=False)
-
-
-def _evaluation_path(run_dir: str | Path, split: str) -> Path:
-    if not isinstance(split, str) or not _SPLIT_NAME.fullmatch(split):
-        raise ValueError(
-            "split must be a name such as 'test', 'val' or 'train' (letters, digits, '_', '.', "
-            f"'-'), got {split!r}"
-        )
-    return Path(run_dir) / EVALUATION_DIR / f"{split}.npz"
-
-
-def _float64(name: str, t: Tensor, n: int) -> np.ndarray:
-    a = t.detach().to("cpu", torch.float64).numpy().reshape(-1)
-    if a.shape != (n,):
-        raise ValueError(f"{name} must hold one value per datapoint ({n}), got shape {a.shape}")
-    return a
-
-
-def save_evaluation(
-    run_dir: str | Path,
-    split: str,
-    x: Tensor,
-    *,
-    elbo: ElboEstimate,
-    log_px: LogPxEstimate | None = None,
-    epoch: int | None = None,
-    meta: Mapping[str, Any] | None = None,
-) -> Path:
-    """Store a run's per-datapoint evaluation of ``x`` as ``RUN/evaluation/<split>.npz``.
-
-    The file (written atomically) holds float64 arrays ``elbo``, ``elbo_se`` and, with
-    ``log_px``, ``log_px``, ``log_px_se``, ``log_px_ess``, ``log_px_khat``, plus a JSON header
-    with the number of points, the :func:`data_fingerprint` of ``x`` (so that
-    :func:`compare` pairs datapoints only across runs that scored the same points), ``epoch``,
-    ``k`` and ``meta``. It is read back with :func:`load_evaluation`; no pickle is involved.
-
-    Args:
-        run_dir: The run folder (must exist).
-        split: The split's name, used as the file name (``"test"``, ``"val"``, ``"train"``).
-        x: The evaluated data, ``(N, ...)``, as the model saw them.
-        elbo: :func:`~pvae.evaluate_elbo` of the run's model on ``x``.
-        log_px: :func:`~pvae.log_px` on ``x``, if computed.
-        epoch: The checkpoint's epoch (lets :func:`compare` refuse a stale evaluation).
-        meta: Other JSON-able settings to record (evaluation seed, number of samples...).
-
-    Returns:
-        The path written.
-
-    Example:
-        >>> import tempfile, torch, pvae
-        >>> from pvae.compare import save_evaluation, load_evaluation
-        >>> vae = pvae.VAE(pvae.priors.StandardNormal(2), data_shape=(4,))
-        >>> x = torch.ones(3, 4)
-        >>> run = tempfile.mkdtemp()
-        >>> _ = save_evaluation(run, "test", x, elbo=pvae.evaluate_elbo(vae, x))
-        >>> load_evaluation(run, "test").n
-        3
-    """
-    path = _evaluation_path(run_dir, split)
-    if not Path(run_dir).is_dir():
-        raise ValueError(f"run_dir {str(run_dir)!r} is not a folder")
-    if not isinstance(x, Tensor) or x.dim() < 1:
-        raise TypeError(f"x must be a tensor of shape (N, ...), got {type(x).__name__}")
-    if not isinstance(elbo, ElboEstimate):
-        raise TypeError(f"elbo must be a pvae.ElboEstimate, got {type(elbo).__name__}")
-    if log_px is not None and not isinstance(log_px, LogPxEstimate):
-        raise TypeError(f"log_px must be a pvae.LogPxEstimate or None, got {type(log_px).__name__}")
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-        raise TypeError(f"epoch must be an int or None, got {epoch!r}")
-    n = int(x.shape[0])
-    arrays = {
-        "elbo": _float64("elbo.elbo", elbo.elbo, n),
-        "elbo_se": _float64("elbo.se", elbo.se, n),
-    }
-    if log_px is not None:
-        arrays.update(
-            log_px=_float64("log_px.log_px", log_px.log_px, n),
-            log_px_se=_float64("log_px.se", log_px.se, n),
-            log_px_ess=_float64("log_px.ess", log_px.ess, n),
-            log_px_khat=_float64("log_px.khat", log_px.khat, n),
-        )
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "split": split,
-        "n": n,
-        "fingerprint": data_fingerprint(x),
-        "epoch": epoch,
-        "k": None if log_px is None else int(log_px.k),
-        "meta": dict(meta or {}),
-    }
-    try:
-        text = json.dumps(header, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"meta must hold JSON values (finite numbers, strings...): {err}") from None
-    buf = io.BytesIO()
-    np.savez(buf, header=np.array(text), **arrays)
-    path.parent.mkdir(exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def load_evaluation(run_dir: str | Path, split: str = "test") -> Evaluation:
-    """Read ``RUN/evaluation/<split>.npz`` written by :func:`save_evaluation`.
-
-    Raises:
-        ValueError: the file is missing (the message gives the ``pvae evaluate`` command that
-            writes it), unreadable, or not a pvae evaluation.
-    """
-    path = _evaluation_path(run_dir, split)
-    if not path.is_file():
-        raise ValueError(
-            f"run {str(run_dir)!r} has no stored evaluation of its {split} split ({path} is "
-            f"missing); write it with: pvae evaluate {run_dir} --split {split}"
-        )
-    try:
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
-            stored = {name: f[name] for name in f.files}
-        header = json.loads(str(stored.pop("header")))
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"{path} is not a readable pvae evaluation ({type(err).__name__}: {err}); write it "
-            f"again with: pvae evaluate {run_dir} --split {split}"
-        ) from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pvae evaluation (expected format {FORMAT!r})")
-    if not isinstance(header.get("version"), int) or header["version"] > VERSION:
-        raise ValueError(
-            f"{path} has version {header.get('version')!r}; this pvae reads versions up to "
-            f"{VERSION}"
-        )
-    n = header["n"]
-    for name, a in stored.items():
-        if a.shape != (n,):
-            raise ValueError(f"{path}: array {name!r} has shape {a.shape}, expected ({n},)")
-    if "elbo" not in stored:
-        raise ValueError(f"{path} lacks the per-datapoint ELBO")
-    return Evaluation(
-        run=Path(run_dir),
-        split=header["split"],
-        fingerprint=header["fingerprint"],
-        n=n,
-        epoch=header.get("epoch"),
-        elbo=stored["elbo"],
-        elbo_se=stored.get("elbo_se", np.full(n, np.nan)),
-        log_px=stored.get("log_px"),
-        log_px_se=stored.get("log_px_se"),
-        k=header.get("k"),
-        meta=header.get("meta", {}),
-        arrays=stored,
-    )
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    split: str = "test",
-    *,
-    k: int | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> Evaluation:
-    """Evaluate a run folder's model on one split of its data and store the result per
-    datapoint (:func:`save_evaluation`): ``pvae evaluate RUN --split SPLIT`` without the
-    printed report and diagnostics.
-
-    Args:
-        run_dir: The run folder.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        k: Importance samples for log p(x) (default: the run's ``eval.k``; 0 skips it).
-        num_samples: Latent samples per datapoint for the ELBO (default ``eval.num_samples``).
-        seed: Seed of the Monte Carlo draws.
-        device: Where to evaluate.
-
-    Returns:
-        The stored :class:`Evaluation`.
-    """
-    import pyro
-
-    from pvae.evaluation import evaluate_elbo
-    from pvae.evaluation import log_px as log_px_fn
-    from pvae.runs import load_run
-
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")
-    run_ = load_run(run_dir, device=device)
-    if run_.data is None:  # load_run with data=True always loads them
-        raise ValueError(f"run {str(run_dir)!r}: its data could not be loaded")
-    cfg = run_.config.eval
-    k = cfg.k if k is None else k
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an integer (0 to skip log p(x)), got {k!r}")
-    if k < 0:
-        raise ValueError(f"k must be a positive integer (or 0 to skip log p(x)), got {k}")
-    num_samples = positive_int(
-        "num_samples", cfg.num_samples if num_samples is None else num_samples
-    )
-    pyro.set_rng_seed(seed)  # before observed(): a dynamically binarized split, drawn alike
-    x = run_.data.split(split).observed().to(device)
-    elbo = evaluate_elbo(run_.vae, x, num_samples=num_samples, batch_size=cfg.batch_size)
-    lp = log_px_fn(run_.vae, x, k=k, seed=seed) if k > 0 else None
-    save_evaluation(
-        run_dir,
-        split,
-        x,
-        elbo=elbo,
-        log_px=lp,
-        epoch=int(run_.checkpoint["epoch"]),
-        meta={"seed": seed, "num_samples": num_samples},
-    )
-    return load_evaluation(run_dir, split)
 
 
 # --------------------------------------------------------------------------- grouping
@@ -406,55 +140,6 @@ def _show(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
 
 
-def _expand(runs: Sequence[str | Path]) -> list[Path]:
-    """Run folders: each argument a run (it holds ``config.toml``) or a folder of runs (such as
-    the ``OUT`` of ``pvae train --seeds``, holding ``seed-0``, ``seed-1``...)."""
-    if isinstance(runs, (str, Path)) or not isinstance(runs, Sequence):
-        raise TypeError(f"runs must be a sequence of run folders, got {runs!r}")
-    if not runs:
-        raise ValueError("runs must name at least one run folder, got none")
-    out: list[Path] = []
-    for r in runs:
-        path = Path(r)
-        if (path / CONFIG).is_file():
-            out.append(path)
-        elif not path.exists():
-            raise ValueError(f"run folder {str(path)!r} does not exist")
-        else:
-            inner = sorted(
-                (p for p in path.iterdir() if (p / CONFIG).is_file()) if path.is_dir() else (),
-                key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)],
-            )
-            if not inner:
-                raise ValueError(
-                    f"{str(path)!r} is not a pvae run folder ({CONFIG} is missing) nor a folder "
-                    "of runs; train one with: pvae train --out RUN (or --seeds 0 1 2)"
-                )
-            out.extend(inner)
-    seen: dict[Path, Path] = {}
-    for p in out:
-        real = p.resolve()
-        if real in seen:
-            raise ValueError(f"run {str(p)!r} is given twice (also as {str(seen[real])!r})")
-        seen[real] = p
-    return out
-
-
-def _history(run_dir: Path) -> list[dict[str, float]]:
-    """The per-epoch records: ``metrics.json``, else the checkpoint's history."""
-    path = run_dir / METRICS
-    if path.is_file():
-        try:
-            history = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not readable JSON ({err})") from None
-    else:
-        history = load_checkpoint(run_dir / CHECKPOINT)["history"]
-    if not isinstance(history, list) or not history:
-        raise ValueError(f"run {str(run_dir)!r} has no completed epoch in {path.name}")
-    return history
-
-
 @dataclass
 class _Run:
     path: Path
@@ -466,7 +151,7 @@ class _Run:
 
 def _read(path: Path, split: str) -> _Run:
     cfg = read_run_config(path).to_dict()
-    history = _history(path)
+    history = read_history(path)
     ev = load_evaluation(path, split)
     last = history[-1].get("epoch")
     if ev.epoch is not None and last is not None and ev.epoch != last:
@@ -828,10 +513,10 @@ def compare(
     """Group runs by configuration (seeds pooled) and compare them on the same datapoints.
 
     Every run needs its stored per-datapoint evaluation of ``split`` (``pvae evaluate RUN``, or
-    :func:`evaluate_run`), of its last epoch, and all of them must have scored the same points
-    (the fingerprints in the evaluations must match). Runs are grouped by their ``config.toml``
-    with ``train.seed`` and output-only settings (``IGNORED_KEYS``, a ``[log]`` section)
-    left out. The statistics are defined in :mod:`pvae.compare`.
+    :func:`~pvae.runs.evaluate_run`), of its last epoch, and all of them must have scored the
+    same points (the fingerprints in the evaluations must match). Runs are grouped by their
+    ``config.toml`` with ``train.seed`` and output-only settings (``IGNORED_KEYS``, a ``[log]``
+    section) left out. The statistics are defined in :mod:`pvae.compare`.
 
     Args:
         runs: Run folders, or folders of runs (``OUT`` of ``pvae train --seeds``).
@@ -848,7 +533,7 @@ def compare(
             command that makes it), a stale evaluation, runs evaluated on different datapoints
             (naming two of them), or two runs of one configuration with the same seed.
     """
-    read = [_read(p, split) for p in _expand(runs)]
+    read = [_read(p, split) for p in find_runs(runs)]
     first = read[0]
     for r in read[1:]:
         if (r.evaluation.n, r.evaluation.fingerprint) != (
@@ -886,45 +571,3 @@ def compare(
     if any("val_log_px" in g.metrics for g in groups):
         notes.append("val log p(x) is the last IWAE curve point, on eval.curve_subset points")
     return Comparison(split, groups, ref.label, metric, differences, first.evaluation.n, k, notes)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``pvae compare`` on the ``pvae`` parser's subparsers; it runs :func:`run`."""
-    c = subparsers.add_parser(
-        "compare",
-        help="compare runs across seeds: pooled metrics, paired differences, curves",
-        description=(
-            "Group runs by configuration (seeds pooled) and report final metrics as mean ± s.e. "
-            "over seeds, and paired per-datapoint differences of log p(x) on the same "
-            "datapoints. Every run needs its stored evaluation: pvae evaluate RUN."
-        ),
-    )
-    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or folders of runs")
-    c.add_argument("--split", default="test", choices=("train", "val", "test"))
-    c.add_argument(
-        "--reference",
-        default=None,
-        metavar="GROUP",
-        help="group label or run folder the differences are from (default: the best group)",
-    )
-    c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.add_argument("--plot", metavar="PNG", help="also save the overlaid validation curves")
-    c.set_defaults(func=run)
-    return c
-
-
-def run(args: argparse.Namespace) -> int:
-    """``pvae compare``: print the table (or JSON) and save the plot; returns the exit status."""
-    result = compare(args.runs, split=args.split, reference=args.reference)
-    if args.plot:
-        result.plot(figure_path("--plot", args.plot))
-    if args.json:
-        print(dumps(result.to_dict()))
-    else:
-        print(result.table())
-        if args.plot:
-            print(f"wrote {args.plot}")
-    return 0

@@ -1,29 +1,45 @@
-"""Runs on disk: train from a :class:`~pvae.config.Config` into a folder, and rebuild a trained
-model from that folder (config + checkpoint) exactly as it was trained."""
+"""Runs on disk: train from a :class:`~pvae.config.Config` into a folder
+(:func:`train_from_config`), rebuild a trained model from that folder (config + checkpoint)
+exactly as it was trained (:func:`load_run`), and evaluate it (:func:`evaluate_run`: what
+``pvae evaluate`` reports and stores). The folder's layout is :mod:`pvae.rundir`'s."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import contextlib
+import itertools
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pyro
-import tomllib
 import torch
 from torch import nn
 
+from pvae import diagnostics
 from pvae import distributed as D
+from pvae._checks import positive_int
 from pvae.checkpoint import CheckpointError, check_state_matches, load_checkpoint
 from pvae.config import Config, build_vae, load_data
-from pvae.datasets import DataSplits
-from pvae.rundir import CHECKPOINT, CONFIG, METRICS_CSV, TENSORBOARD
+from pvae.datasets import DataSplits, as_float, read_array_file
+from pvae.evaluation import ElboEstimate, LogPxEstimate, evaluate_elbo, log_px
+from pvae.rundir import CHECKPOINT, CONFIG, METRICS_CSV, TENSORBOARD, Evaluation, read_run_config
 from pvae.train import FitResult, fit, load_run_state, resolve_device
 from pvae.training.callbacks import Callback, CSVLogger, TensorBoardLogger
 from pvae.training.checkpointing import check_run_dir
 from pvae.training.runlock import check_not_locked
 
-__all__ = ["METRICS_CSV", "TENSORBOARD", "Run", "load_run", "train_from_config"]
+__all__ = [
+    "METRICS_CSV",
+    "TENSORBOARD",
+    "Run",
+    "RunEvaluation",
+    "evaluate_run",
+    "load_run",
+    "read_run_config",
+    "train_from_config",
+]
 
 
 def _is_main() -> bool:
@@ -48,6 +64,13 @@ class Run:
     vae: nn.Module
     data: DataSplits | None
     checkpoint: dict[str, Any]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives (any module: a user's need not have ``.device``)."""
+        for t in itertools.chain(self.vae.parameters(), self.vae.buffers()):
+            return t.device
+        return torch.device("cpu")
 
 
 def train_from_config(
@@ -118,14 +141,6 @@ def train_from_config(
     return fit(vae, data, run_dir=run_path, resume=resume, **kwargs)
 
 
-def read_run_config(run_dir: str | Path) -> Config:
-    """The :class:`Config` stored in a run folder."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a pvae run folder: {CONFIG} is missing")
-    return Config.from_dict(tomllib.loads(path.read_text()))
-
-
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data: bool = True) -> Run:
     """Rebuild the model, data and checkpoint of a run folder written by ``pvae train``.
 
@@ -161,3 +176,205 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data: b
         )
     vae.to(dev).eval()
     return Run(run_path, cfg, vae, splits, ckpt)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class RunEvaluation(Evaluation):
+    """What :func:`evaluate_run` returns: the per-datapoint values, as
+    :class:`~pvae.rundir.Evaluation` holds them (and the run folder stores them), plus the
+    report ``pvae evaluate`` prints.
+
+    Attributes:
+        report: The summary ``pvae evaluate --json`` prints: ``run``, ``split``, ``epoch``, the
+            ELBO's summary (``n``, ``elbo``, ``elbo_se``, ``recon``, ``kl``...), with log p(x)
+            its ``log_px*`` means and the ``weights`` diagnostics, the latent ``diagnostics``,
+            and ``stored`` (the file written, or ``None`` if writing failed) where stored.
+        elbo_estimate: The ELBO's :class:`~pvae.ElboEstimate`.
+        log_px_estimate: The :class:`~pvae.LogPxEstimate` (its ``adaptive`` report with
+            ``max_k``), or ``None`` with ``k=0``.
+        stored: The file written, or ``None``.
+    """
+
+    report: dict[str, Any] = field(default_factory=dict, repr=False)
+    elbo_estimate: ElboEstimate | None = field(default=None, repr=False)
+    log_px_estimate: LogPxEstimate | None = field(default=None, repr=False)
+    stored: Path | None = None
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    *,
+    k: int | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    data: str | Path | None = None,
+    max_k: int | None = None,
+    target_se: float | None = None,
+    store: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    on_store_error: Callable[[OSError], None] | None = None,
+) -> RunEvaluation:
+    """Evaluate a run folder's model on one split of its data (``pvae evaluate RUN``): the
+    ELBO, log p(x), the weight and latent diagnostics, stored per datapoint for
+    :func:`~pvae.compare.compare`.
+
+    The split is drawn with Pyro seeded by ``seed`` (a dynamically binarized split: the same
+    draw every time), and Pyro is seeded again before the ELBO's draws. Log p(x) is
+    :func:`~pvae.log_px` with ``k`` importance samples (sharded over the processes under
+    ``torchrun``). The latent diagnostics are active units, KL per dimension, I(x; z) and the
+    prior hole for a model with one encoder and a prior (``encode`` and ``prior``), active
+    units per latent site for any other pair. The per-datapoint values go to
+    ``RUN/evaluation/<split>.npz`` (:func:`~pvae.rundir.save_evaluation`, on the main process)
+    unless ``store`` is false or ``data`` is given.
+
+    Args:
+        run_dir: The run folder.
+        split: ``"train"``, ``"val"`` or ``"test"`` (not used with ``data``).
+        k: Importance samples for log p(x) (default: the run's ``eval.k``; 0 skips it).
+        num_samples: Latent samples per datapoint for the ELBO (default ``eval.num_samples``).
+        seed: Seed of the Monte Carlo draws.
+        device: Where to evaluate.
+        data: A ``.npy`` (the array) or ``.npz`` (its ``x``, or ``test``) to score instead of a
+            split, scaled (and, for a run on binarized data, binarized once, seeded) as the
+            run's own data are; reported as the split ``file:<data>`` and never stored.
+        max_k: Adaptive log p(x): more draws, up to this many, where k̂ ≥ 0.7.
+        target_se: Adaptive log p(x): also draw until each datapoint's s.e. is at most this.
+        store: Write the per-datapoint values into the run folder.
+        progress: Called as ``progress(done, total)`` while log p(x) draws.
+        on_store_error: Called with the error when writing the values fails (the report then
+            says ``stored: None``); by default the error is raised.
+
+    Returns:
+        A :class:`RunEvaluation`.
+    """
+    if data is None and split not in ("train", "val", "test"):
+        raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")
+    run = load_run(run_dir, device=device, data=data is None)
+    if data is not None:
+        x, split = _external(data, run).to(run.device), f"file:{data}"
+    else:
+        pyro.set_rng_seed(seed)  # a dynamically binarized split: the same draw every time
+        x = run.data.split(split).to(run.device).observed()
+    k = _checked_k(run.config.eval.k if k is None else k)
+    cfg = run.config.eval
+    num_samples = positive_int(
+        "num_samples", cfg.num_samples if num_samples is None else num_samples
+    )
+    pyro.set_rng_seed(seed)
+    elbo = evaluate_elbo(run.vae, x, num_samples=num_samples, batch_size=cfg.batch_size)
+    report: dict[str, Any] = {
+        "run": str(run.path),
+        "split": split,
+        "epoch": run.checkpoint["epoch"],
+        **elbo.summary(),
+    }
+    est = None
+    if k > 0:
+        sharded = D.info() is not None
+        est = log_px(
+            run.vae,
+            x,
+            k=k,
+            seed=seed,
+            distributed=sharded,
+            max_k=max_k,
+            target_se=target_se,
+            progress=progress,
+        )
+        report.update(_log_px_report(est))
+    report["diagnostics"] = _latent_diagnostics(run.vae, x)
+    meta = {"seed": seed, "num_samples": num_samples, "max_k": max_k, "target_se": target_se}
+    ev = RunEvaluation.of(
+        run.path, split, x, elbo=elbo, log_px=est, epoch=int(run.checkpoint["epoch"]), meta=meta
+    )
+    ev = replace(ev, report=report, elbo_estimate=elbo, log_px_estimate=est)
+    if data is None and store and _is_main():
+        ev = _store(ev, on_store_error)
+    return ev
+
+
+def _checked_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an integer (0 to skip log p(x)), got {k!r}")
+    if k < 0:
+        raise ValueError(f"k must be a positive integer (or 0 to skip log p(x)), got {k}")
+    return k
+
+
+def _log_px_report(est: LogPxEstimate) -> dict[str, Any]:
+    """``log_px``, ``log_px_se``... (the summary's keys, prefixed) and the weight diagnostics."""
+    lp = est.summary()
+    out = {k if k.startswith("log_px") else f"log_px_{k}": v for k, v in lp.items() if k != "n"}
+    out["weights"] = diagnostics.weight_diagnostics(est, worst=5)
+    return out
+
+
+def _store(ev: RunEvaluation, on_error: Callable[[OSError], None] | None) -> RunEvaluation:
+    try:
+        path = ev.save()
+    except OSError as err:  # a read-only run folder: the report is still worth having
+        if on_error is None:
+            raise
+        on_error(err)
+        return replace(ev, report={**ev.report, "stored": None})
+    return replace(ev, report={**ev.report, "stored": str(path)}, stored=path)
+
+
+def _external(path: str | Path, run: Run) -> torch.Tensor:
+    """``data=FILE``: a ``.npy`` (the array) or ``.npz`` (its ``x``, or ``test``) scored as the
+    run's own data are: the same scaling (uint8 / 255) and, for a run on binarized data, one
+    fixed binarization (seeded, as the run's validation and test splits are)."""
+    arrays = read_array_file(path=path)
+    a = arrays[0] if arrays[2] is None else arrays[2]  # a train/test .npz: score its test part
+    x = as_float(f"--data {path}", a)
+    shape = tuple(run.checkpoint.get("data_shape") or x.shape[1:])
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"--data {path}: datapoints of shape {tuple(x.shape[1:])} do not fit this run's "
+            f"model, which expects {shape}"
+        )
+    if run.config.data.binarize != "none":
+        if float(x.min()) < 0 or float(x.max()) > 1:
+            raise ValueError(
+                f"--data {path}: this run models binarized data and needs intensities in "
+                f"[0, 1], got [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+            )
+        gen = torch.Generator().manual_seed(run.config.data.seed)
+        x = torch.bernoulli(x, generator=gen)
+    return x
+
+
+def _latent_diagnostics(module: nn.Module, x: torch.Tensor, subset: int = 1000) -> dict:
+    """Active units, KL per dimension, I(x; z) and the prior hole (the last two on a subset:
+    they cost O(N²)). For a pair without one encoder and a prior (a hierarchical VAE, a user's
+    module): active units per latent site only."""
+    if not (callable(getattr(module, "encode", None)) and callable(getattr(module, "prior", None))):
+        sites = diagnostics.active_units_by_site(module, x)
+        return {
+            "active_units_by_site": {k: a.count for k, a in sites.items()},
+            "units_by_site": {k: a.variance.numel() for k, a in sites.items()},
+        }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        au = diagnostics.active_units(module, x)
+    out: dict = {"active_units": au.count, "latent_dim": module.latent_dim}
+    if caught:
+        out["warning"] = str(caught[0].message)
+    with contextlib.suppress(ValueError):  # not factorized: no per-dimension split
+        out["kl_per_dim"] = [round(float(v), 4) for v in diagnostics.kl_per_dimension(module, x)]
+    xs = x[:subset]
+    mi, mi_se = diagnostics.mutual_information(module, xs)
+    hole = diagnostics.prior_hole(module, xs)
+    out.update(
+        mutual_information=mi,
+        mutual_information_se=mi_se,
+        aggregate_kl=hole.kl,
+        aggregate_kl_se=hole.kl_se,
+        prior_hole_fraction=hole.hole_fraction,
+    )
+    return out

@@ -149,7 +149,7 @@ def test_bounds_refuses_a_bad_plot_path_before_computing(
     def never(*a, **k):
         raise AssertionError("the ladder was computed before the --plot path was checked")
 
-    monkeypatch.setattr("pvae.cli.bounds", never)
+    monkeypatch.setattr("pvae.cli.bounds.bounds", never)
     monkeypatch.chdir(tmp_path)
     assert main(["bounds", str(run_dir), "--plot", plot, "--device", "cpu"]) == 2
     assert capsys.readouterr().err == f"pvae bounds: error: {match}\n"
@@ -516,10 +516,12 @@ def test_long_evaluations_report_progress_on_stderr(run_dir, monkeypatch, capsys
     JSON."""
     import functools
 
-    import pvae.cli
+    import pvae.cli.common
     from pvae.training.progress import task_progress
 
-    monkeypatch.setattr(pvae.cli, "task_progress", functools.partial(task_progress, every=0.0))
+    monkeypatch.setattr(
+        pvae.cli.common, "task_progress", functools.partial(task_progress, every=0.0)
+    )
     capsys.readouterr()
     base = ["--device", "cpu", "--json"]
     assert main(["evaluate", str(run_dir), "--k", "30", "--no-store", *base]) == 0

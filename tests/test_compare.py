@@ -11,13 +11,12 @@ import pytest
 import torch
 
 import pvae
+from pvae.cli.compare import add_parser, run
 from pvae.compare import (
-    add_parser,
     compare,
     data_fingerprint,
     evaluate_run,
     load_evaluation,
-    run,
     save_evaluation,
 )
 from pvae.config import Config, load_data

@@ -1,0 +1,161 @@
+"""``pvae evaluate``: the ELBO, log p(x) and diagnostics of a trained run
+(:func:`pvae.runs.evaluate_run`), printed as a report or one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+from pvae._checks import positive_int
+from pvae.cli.common import Phases, is_main, num, sharded
+from pvae.files import dumps
+from pvae.runs import RunEvaluation, evaluate_run
+
+__all__ = ["add_parser", "print_report", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``pvae evaluate``; it runs :func:`run`."""
+    e = subparsers.add_parser("evaluate", help="ELBO and log p(x) of a trained run on a split")
+    e.add_argument("run")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument(
+        "--data",
+        metavar="FILE",
+        default=None,
+        help="score this .npy/.npz instead of a split of the run's data",
+    )
+    e.add_argument("--num-samples", type=int, default=None, help="z samples per datapoint")
+    e.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="importance samples for log p(x) (default eval.k; 0 skips it)",
+    )
+    e.add_argument(
+        "--max-k",
+        type=int,
+        default=None,
+        help="adaptive log p(x): double the draws of datapoints with k̂ ≥ 0.7 (or s.e. above "
+        "--target-se) up to this many",
+    )
+    e.add_argument(
+        "--target-se",
+        type=float,
+        default=None,
+        help="adaptive log p(x): also draw until each datapoint's s.e. is at most this (nats)",
+    )
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    e.add_argument(
+        "--no-store",
+        action="store_true",
+        help="do not write RUN/evaluation/SPLIT.npz (the per-datapoint values pvae compare reads)",
+    )
+    e.set_defaults(func=run)
+    return e
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pvae evaluate``: evaluate (and store) the run, then print the report."""
+    if args.k is not None and args.k < 0:
+        raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {args.k}")
+    if args.num_samples is not None:
+        positive_int("--num-samples", args.num_samples)
+    # On stderr: minutes of silence read as a hang (one process: a sharded run's total is its
+    # own share).
+    with Phases([("log p(x)", "draws")], show=not sharded() and not args.quiet) as tick:
+        result = evaluate_run(
+            args.run,
+            args.split,
+            k=args.k,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            device=args.device,
+            data=args.data,
+            max_k=args.max_k,
+            target_se=args.target_se,
+            store=not args.no_store,
+            progress=tick,
+            on_store_error=_warn_not_stored,
+        )
+    if not is_main():
+        return 0
+    if args.json:
+        print(dumps(result.report))
+    else:
+        print_report(result)
+    return 0
+
+
+def _warn_not_stored(err: OSError) -> None:
+    print(f"pvae evaluate: warning: per-datapoint values not stored: {err}", file=sys.stderr)
+
+
+def print_report(result: RunEvaluation) -> None:
+    """The report of :func:`~pvae.runs.evaluate_run` as text: the ELBO, the latent
+    diagnostics, log p(x) and where the per-datapoint values went."""
+    out = result.report
+    print(f"{out['run']}  split={out['split']}  n={out['n']}  epoch={out['epoch']}")
+    mc = out["elbo_mc_se"]
+    draws = (
+        f"Monte Carlo s.e. {mc:.4f}, {result.meta['num_samples']} draws"
+        if math.isfinite(mc)
+        else "1 draw per datapoint"
+    )
+    print(
+        f"  ELBO          {out['elbo']:12.4f} nats ± {out['elbo_se']:.4f} s.e. over datapoints "
+        f"({draws})"
+    )
+    print(f"  reconstruction{out['recon']:12.4f}")
+    print(f"  KL            {out['kl']:12.4f} ({'analytic' if out['analytic_kl'] else 'MC'})")
+    print(f"  bits/dim      {out['bits_per_dim']:12.4f}")
+    _print_diagnostics(out["diagnostics"])
+    if result.log_px_estimate is not None:
+        _print_log_px(out, result)
+    if out.get("stored"):
+        print(f"  per-datapoint values in {out['stored']} (read by pvae compare)")
+
+
+def _print_diagnostics(dg: dict[str, Any]) -> None:
+    if "active_units_by_site" in dg:  # not a one-layer VAE: per latent site only
+        units = ", ".join(
+            f"{k} {a} of {dg['units_by_site'][k]}" for k, a in dg["active_units_by_site"].items()
+        )
+        print(f"  active units  {units}")
+    else:
+        print(
+            f"  active units  {dg['active_units']:>5} of {dg['latent_dim']}"
+            f"   I(x; z) {dg['mutual_information']:.3f} ± {dg['mutual_information_se']:.3f} nats"
+        )
+        print(
+            f"  prior hole    KL(q(z) || p(z)) {dg['aggregate_kl']:.3f}; "
+            f"{100 * dg['prior_hole_fraction']:.1f}% of prior draws fall in holes (≈1% = none)"
+        )
+    if "warning" in dg:
+        print(f"  warning: {dg['warning']}")
+
+
+def _print_log_px(out: dict[str, Any], result: RunEvaluation) -> None:
+    khat = (
+        f"{out['log_px_khat_max']:.2f}"
+        if out["log_px_khat_max"] is not None
+        else "n/a"
+        if out.get("log_px_khat_frac_above_0.7") is None
+        else "inf: too few draws for a Pareto fit"  # the tail PSIS fits needs k ≳ 100
+    )
+    sd = out["log_px_sd"]
+    over = f"; ± {sd / math.sqrt(out['n']):.4f} s.e. over datapoints" if sd else ""
+    print(
+        f"  log p(x)      {out['log_px']:12.4f} nats ± {num(out['log_px_se'])} Monte Carlo "
+        f"s.e.{over}\n                (k={result.k}, mean ESS {out['log_px_ess_mean']:.0f}, "
+        f"max k̂ {khat})"
+    )
+    if result.log_px_estimate.adaptive is not None:
+        print(f"  {result.log_px_estimate.adaptive}")
+    if out.get("log_px_warning"):
+        print(f"  WARNING: {out['log_px_warning']}")
