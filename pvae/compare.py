@@ -220,6 +220,11 @@ class Group:
     metrics: dict[str, Pooled]
     _runs: list[_Run] = field(repr=False)
 
+    @property
+    def histories(self) -> list[list[dict[str, float]]]:
+        """Each seed's per-epoch records (``metrics.json``), in the order of :attr:`runs`."""
+        return [r.history for r in self._runs]
+
     def per_datapoint(self, metric: str) -> np.ndarray:
         """``(n_seeds, N)`` stored per-datapoint values of ``"log_px"`` or ``"elbo"``."""
         rows = [getattr(r.evaluation, metric) for r in self._runs]

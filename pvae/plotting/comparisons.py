@@ -46,7 +46,7 @@ def comparison(
     drawn: set[str] = set()
     late: list[float] = []
     for i, g in enumerate(groups):
-        histories = [r.history for r in g._runs]  # each seed's per-epoch records
+        histories = g.histories
         for key, style in (("val_elbo", "-"), ("val_log_px", "--")):
             curve = _curve(histories, key)
             if curve is not None:
