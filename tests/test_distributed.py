@@ -119,7 +119,7 @@ def test_a_failing_rank_ends_the_job_with_an_error_not_a_hang(tmp_path):
     assert time.monotonic() - t0 < 150
 
 
-def test_cli_under_torchrun_writes_once_and_resumes_exactly(tmp_path):
+def test_cli_under_torchrun_writes_once_and_resumes_exactly(tmp_path, capsys):
     sets = [
         "--set",
         "train.device=cpu",
@@ -179,17 +179,19 @@ def test_cli_under_torchrun_writes_once_and_resumes_exactly(tmp_path):
     # pvae ais under torchrun: each rank anneals its share; rank 0 prints one process's numbers.
     argv = ["-m", "pvae", "ais", str(tmp_path / "full"), "--subset", "40", "--steps", "3"]
     argv += ["--chains", "2", "--leapfrog", "2", "--bdmc", "3", "--json", "--device", "cpu"]
-    one = subprocess.run(  # one thread, as torchrun's ranks have: the same summation orders
-        [sys.executable, *argv],
-        capture_output=True,
-        text=True,
-        cwd=HERE.parent,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    both = [torchrun(*argv), one]
-    for proc in both:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    got = [json.loads(proc.stdout) for proc in both]  # one JSON object: rank 1 prints nothing
+    ranks = torchrun(*argv)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    # One process: this one (an interpreter start spared), with one thread, as torchrun's ranks
+    # have: the same summation orders.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        capsys.readouterr()
+        assert main(argv[2:]) == 0, capsys.readouterr().err[-3000:]
+    finally:
+        torch.set_num_threads(threads)
+    # One JSON object each: rank 1 prints nothing.
+    got = [json.loads(ranks.stdout), json.loads(capsys.readouterr().out)]
     for g in got:
         for key in ("ais", "bdmc"):
             g[key].pop("seconds")
