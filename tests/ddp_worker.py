@@ -162,6 +162,7 @@ if __name__ == "__main__":
         "evaluate": evaluate,
         "fail": fail,
     }
+    stem, suffix = os.path.splitext(out)
     for m in mode.split(","):
-        modes[m](out if "," not in mode else out.replace(".pt", f"-{m}.pt"))
+        modes[m](out if "," not in mode else f"{stem}-{m}{suffix}")
     distributed.shutdown()  # as a user's script ends: every rank done, then leave the group
