@@ -1,7 +1,9 @@
 """Worker run by tests/test_distributed.py under torchrun (2 gloo processes on the CPU, or 2 nccl
 processes, one GPU each, with ``PVAE_TEST_DDP_DEVICE=cuda``).
 
-Usage: ddp_worker.py MODE OUT   with MODE one of train, train_generic, evaluate, fail.
+Usage: ddp_worker.py MODE OUT   with MODE one of train, train_generic, evaluate, fail, or several
+of them joined by commas (run one after another in one process group, each writing OUT with
+``-MODE`` before its suffix: one launch instead of one per mode, the cost of these tests).
 """
 
 import os
@@ -160,5 +162,7 @@ if __name__ == "__main__":
         "evaluate": evaluate,
         "fail": fail,
     }
-    modes[mode](out)
+    stem, suffix = os.path.splitext(out)
+    for m in mode.split(","):
+        modes[m](out if "," not in mode else f"{stem}-{m}{suffix}")
     distributed.shutdown()  # as a user's script ends: every rank done, then leave the group

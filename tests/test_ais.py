@@ -105,25 +105,27 @@ def test_exact_guide_gives_exact_log_px_at_any_number_of_steps(steps):
 def test_forward_and_reverse_sandwich_exact_log_px_and_converge():
     # The guide's mean is 2-4 posterior s.d. off and its scale 0.6 of the posterior's.
     vae = ONE.vae(loc_shift=1.0, scale_factor=0.6)
-    x, latents = A.simulate(vae, 40, seed=0)
+    # 100 datapoints at 150 steps: the s.e. of 40 datapoints at 300 steps (0.025 and 0.027 nats
+    # here, 0.029 and 0.026 there) for two thirds of the time, which goes to steps, not to data.
+    x, latents = A.simulate(vae, 100, seed=0)
     exact = ONE.log_px(x)
     kw = {"chains": 8, "leapfrog": 5, "step_size": 0.25}
     errs = {}
-    for steps in (10, 300):
+    for steps in (10, 150):
         fwd = A.ais(vae, x, steps=steps, **kw)
         rev = A.reverse_ais(vae, x, latents=latents, steps=steps, **kw)
         lo, hi = fwd.log_px - exact, rev.log_px - exact
         assert float(lo.mean()) < 3 * _se(lo)  # lower bound
         assert float(hi.mean()) > -3 * _se(hi)  # upper bound
         errs[steps] = (lo, hi)
-        assert 0 < float(fwd.accept.mean()) < 1 and fwd.step_size.shape == (40,)
-    (lo10, hi10), (lo300, hi300) = errs[10], errs[300]
+        assert 0 < float(fwd.accept.mean()) < 1 and fwd.step_size.shape == (100,)
+    (lo10, hi10), (lo150, hi150) = errs[10], errs[150]
     # The error shrinks: at 10 steps both bounds are off by far more than their errors ...
-    assert float(-lo10.mean()) > float(-lo300.mean()) + 3 * math.hypot(_se(lo10), _se(lo300))
-    assert float(hi10.mean()) > float(hi300.mean()) + 3 * math.hypot(_se(hi10), _se(hi300))
-    # ... and at 300 steps the estimates match log p(x) within 3 of their s.e.
-    assert abs(float(lo300.mean())) < 3 * _se(lo300)
-    assert abs(float(hi300.mean())) < 3 * _se(hi300)
+    assert float(-lo10.mean()) > float(-lo150.mean()) + 3 * math.hypot(_se(lo10), _se(lo150))
+    assert float(hi10.mean()) > float(hi150.mean()) + 3 * math.hypot(_se(hi10), _se(hi150))
+    # ... and at 150 steps the estimates match log p(x) within 3 of their s.e.
+    assert abs(float(lo150.mean())) < 3 * _se(lo150)
+    assert abs(float(hi150.mean())) < 3 * _se(hi150)
 
 
 def test_prior_start_converges_too():

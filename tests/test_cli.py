@@ -238,9 +238,15 @@ def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "is not a pvae run folder" in capsys.readouterr().err
 
 
-def test_installed_command_and_module_entry_point(tmp_path):
+@pytest.fixture(scope="module")
+def installed_help():
+    """``pvae --help`` from the installed command, run once for the tests that read it."""
     exe = Path(sys.executable).with_name("pvae")
-    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
+    return subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
+
+
+def test_installed_command_and_module_entry_point(installed_help):
+    proc = installed_help
     assert "train" in proc.stdout and "evaluate" in proc.stdout
     proc = subprocess.run(
         [sys.executable, "-m", "pvae", "sample", "--help"],
@@ -405,13 +411,8 @@ def test_train_json_is_strict_json(tmp_path, capsys):
     assert strict_json(capsys.readouterr().out.splitlines()[-1])["epoch"] == 1
 
 
-def test_help_lists_every_command_without_markup():
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("pvae")), "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def test_help_lists_every_command_without_markup(installed_help):
+    proc = installed_help
     for command in ("train", "evaluate", "bounds", "ais", "compare", "plot", "sample"):
         assert command in proc.stdout
     assert "``" not in proc.stdout and ":class:" not in proc.stdout

@@ -54,9 +54,29 @@ def distributed_and_single(mode: str, tmp_path: Path, env: dict | None = None) -
     return tuple(torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("ddp", "one"))
 
 
+SHARED_MODES = ("train", "train_generic", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def shared_runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    """The train, train_generic and evaluate modes, run one after another in one torchrun launch
+    and in one single process (each launch costs seconds of imports): mode -> (ddp, one)."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    for name, proc in (
+        ("ddp", lambda out: torchrun(str(WORKER), ",".join(SHARED_MODES), out)),
+        ("one", lambda out: single(",".join(SHARED_MODES), out)),
+    ):
+        res = proc(str(tmp_path / f"{name}.pt"))
+        assert res.returncode == 0, res.stderr[-3000:]
+    return {
+        m: tuple(torch.load(tmp_path / f"{n}-{m}.pt", weights_only=True) for n in ("ddp", "one"))
+        for m in SHARED_MODES
+    }
+
+
 @pytest.mark.parametrize("mode", ["train", "train_generic"])  # a pvae.VAE; a plain-Pyro module
-def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(mode, tmp_path):
-    a, b = distributed_and_single(mode, tmp_path)
+def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(mode, shared_runs):
+    a, b = shared_runs[mode]
     assert a.keys() == b.keys()
     for k in a:
         # Same minibatches, same (noiseless) draws, gradients averaged over ranks: the runs
@@ -75,11 +95,11 @@ def test_two_gpus_over_nccl_match_one_gpu_with_batch_2b(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_distributed_evaluation_equals_one_process_exactly(tmp_path):
+def test_distributed_evaluation_equals_one_process_exactly(shared_runs):
     """log p(x), the bound ladder with AIS and BDMC, and AIS itself: each rank computes its
     share of the blocks (rank 0's AIS progress counts 3 of 6 blocks) and the gathered numbers
     are one process's, bit for bit."""
-    a, b = distributed_and_single("evaluate", tmp_path)
+    a, b = shared_runs["evaluate"]
     for key in ("log_px", "se", "khat", "ais", "ais_se", "ais_accept", "ais_step_size"):
         assert torch.equal(a[key], b[key]), key
     untimed = [  # AIS and BDMC summaries carry their wall time
@@ -99,7 +119,7 @@ def test_a_failing_rank_ends_the_job_with_an_error_not_a_hang(tmp_path):
     assert time.monotonic() - t0 < 150
 
 
-def test_cli_under_torchrun_writes_once_and_resumes_exactly(tmp_path):
+def test_cli_under_torchrun_writes_once_and_resumes_exactly(tmp_path, capsys):
     sets = [
         "--set",
         "train.device=cpu",
@@ -159,17 +179,19 @@ def test_cli_under_torchrun_writes_once_and_resumes_exactly(tmp_path):
     # pvae ais under torchrun: each rank anneals its share; rank 0 prints one process's numbers.
     argv = ["-m", "pvae", "ais", str(tmp_path / "full"), "--subset", "40", "--steps", "3"]
     argv += ["--chains", "2", "--leapfrog", "2", "--bdmc", "3", "--json", "--device", "cpu"]
-    one = subprocess.run(  # one thread, as torchrun's ranks have: the same summation orders
-        [sys.executable, *argv],
-        capture_output=True,
-        text=True,
-        cwd=HERE.parent,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    both = [torchrun(*argv), one]
-    for proc in both:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    got = [json.loads(proc.stdout) for proc in both]  # one JSON object: rank 1 prints nothing
+    ranks = torchrun(*argv)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    # One process: this one (an interpreter start spared), with one thread, as torchrun's ranks
+    # have: the same summation orders.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        capsys.readouterr()
+        assert main(argv[2:]) == 0, capsys.readouterr().err[-3000:]
+    finally:
+        torch.set_num_threads(threads)
+    # One JSON object each: rank 1 prints nothing.
+    got = [json.loads(ranks.stdout), json.loads(capsys.readouterr().out)]
     for g in got:
         for key in ("ais", "bdmc"):
             g[key].pop("seconds")

@@ -21,17 +21,6 @@ QUICK = ["--set", "model.latent_dim=3", "--set", "train.device=cpu", "--no-progr
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run_pvae(*argv: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pvae", *argv],
-        env=ENV if env is None else env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        **kw,
-    )
-
-
 def wait_for(path, proc, timeout=120.0):
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -48,8 +37,22 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run in this process as the subprocesses here do (OMP_NUM_THREADS=1): the same
+    summation orders, so histories compare exactly with theirs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_one_writer_per_run_folder_and_a_killed_runs_lock_is_taken_over(tmp_path):
+def test_one_writer_per_run_folder_and_a_killed_runs_lock_is_taken_over(tmp_path, capsys):
+    # The first run is a real process (it is killed); the others run in this one, which is
+    # another process to the lock all the same (and spares three interpreter starts).
     run = tmp_path / "run"
     argv = ["train", "--out", str(run), "--set", "train.epochs=999", *QUICK]
     first = subprocess.Popen(
@@ -62,9 +65,9 @@ def test_one_writer_per_run_folder_and_a_killed_runs_lock_is_taken_over(tmp_path
     try:
         wait_for(run / ".lock", first)
         for argv in (["--out", str(run), *QUICK], ["--resume", str(run), "--no-progress"]):
-            second = run_pvae("train", *argv)
-            assert second.returncode == 2, second.stderr
-            line = error_line(second.stderr)
+            capsys.readouterr()
+            assert main(["train", *argv]) == 2
+            line = error_line(capsys.readouterr().err)
             assert line.startswith("pvae train: error: run folder ")
             assert f"{str(run)!r} is in use by another pvae process (PID {first.pid})" in line
         assert first.poll() is None  # the first run was not disturbed
@@ -75,14 +78,17 @@ def test_one_writer_per_run_folder_and_a_killed_runs_lock_is_taken_over(tmp_path
     assert (run / ".lock").read_text().strip() == str(first.pid)
 
     epochs = load_checkpoint(run / "checkpoint.pt")["epoch"] + 2
-    resumed = run_pvae("train", "--resume", str(run), "--set", f"train.epochs={epochs}", "--json")
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout.splitlines()[-1])["epoch"] == epochs
+    capsys.readouterr()
+    with one_thread():
+        resumed = main(["train", "--resume", str(run), "--set", f"train.epochs={epochs}", "--json"])
+    assert resumed == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["epoch"] == epochs
     assert not (run / ".lock").exists()
 
     ref = tmp_path / "ref"
-    full = run_pvae("train", "--out", str(ref), "--set", f"train.epochs={epochs}", *QUICK)
-    assert full.returncode == 0, full.stderr
+    with one_thread():
+        full = main(["train", "--out", str(ref), "--set", f"train.epochs={epochs}", *QUICK])
+    assert full == 0, capsys.readouterr().err
     assert drop_timings(json.loads((run / "metrics.json").read_text())) == drop_timings(
         json.loads((ref / "metrics.json").read_text())
     )
@@ -212,7 +218,9 @@ def tiny_filesystem(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["full disk", "read-only filesystem"])
-def test_a_real_full_or_read_only_filesystem_is_reported(one_epoch_run, tiny_filesystem, fault):
+def test_a_real_full_or_read_only_filesystem_is_reported(
+    one_epoch_run, tiny_filesystem, fault, capsys
+):
     import shutil
 
     run = tiny_filesystem / "run"
@@ -227,10 +235,12 @@ def test_a_real_full_or_read_only_filesystem_is_reported(one_epoch_run, tiny_fil
     else:
         subprocess.run(["mount", "-o", "remount,ro", str(tiny_filesystem)], check=True)
         expected = "Read-only file system"
-    proc = run_pvae("train", "--resume", str(run), "--set", "train.epochs=2", *QUICK)
-    assert proc.returncode == 1, proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert expected in line and str(run) in line and "Traceback" not in proc.stderr, proc.stderr
+    capsys.readouterr()
+    code = main(["train", "--resume", str(run), "--set", "train.epochs=2", *QUICK])
+    stderr = capsys.readouterr().err  # in this process: the real errors, no interpreter start
+    assert code == 1, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert expected in line and str(run) in line and "Traceback" not in stderr, stderr
     assert (run / "checkpoint.pt").read_bytes() == before  # the last checkpoint is intact
 
 
