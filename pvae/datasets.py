@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from pvae._checks import lookup, one_of, positive_int
+from pvae.files import load_npy, load_npz
 
 __all__ = ["DataSplits", "Split", "load", "names"]
 
@@ -223,18 +224,17 @@ def read_array_file(path: str | Path | None = None, **_: Any) -> Any:
     path = Path(path)
     if not path.is_file() or path.suffix not in (".npy", ".npz"):
         raise ValueError(f"data path must be an existing .npy or .npz file, got {str(path)!r}")
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False), None, None, None
-    with np.load(path, allow_pickle=False) as z:
-        keys = set(z.files)
-        if "x" in keys:
-            return z["x"], z.get("y"), None, None
-        if "train" in keys:
-            return z["train"], z.get("train_y"), z.get("test"), z.get("test_y")
-        raise ValueError(
-            f"an .npz data file must hold an array 'x' (and optionally 'y') or 'train' and "
-            f"'test'; {str(path)!r} holds {sorted(keys)}"
-        )
+    if path.suffix == ".npy":  # object arrays (pickles) refused, naming the file
+        return load_npy(path), None, None, None
+    z = load_npz(path)
+    if "x" in z:
+        return z["x"], z.get("y"), None, None
+    if "train" in z:
+        return z["train"], z.get("train_y"), z.get("test"), z.get("test_y")
+    raise ValueError(
+        f"an .npz data file must hold an array 'x' (and optionally 'y') or 'train' and "
+        f"'test'; {str(path)!r} holds {sorted(z)}"
+    )
 
 
 DATASETS: Mapping[str, Any] = {

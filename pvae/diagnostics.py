@@ -19,6 +19,7 @@ device.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from pvae._checks import positive_int
 from pvae.evaluation._weights import resolve
-from pvae.evaluation.log_px import LogPxEstimate
+from pvae.evaluation.log_px import LogPxEstimate, unreliable_fraction
 from pvae.model import VAE
 from pvae.program import param_sites
 from pvae.traces import particle_traces
@@ -44,6 +45,8 @@ __all__ = [
     "kl_per_dimension",
     "mutual_information",
     "prior_hole",
+    "report",
+    "report_lines",
     "weight_diagnostics",
 ]
 
@@ -251,9 +254,14 @@ def prior_hole(vae: VAE, x: Tensor, num_samples: int = 2000) -> PriorHole:
 
 
 def weight_diagnostics(est: LogPxEstimate, worst: int = 10) -> dict[str, object]:
-    """Distribution of PSIS k̂ over datapoints and the worst datapoints (highest k̂)."""
+    """Distribution of PSIS k̂ over datapoints and the worst datapoints (highest k̂).
+
+    The quantiles are over the finite k̂; the fractions over every datapoint with a k̂, ``+inf``
+    (a failed tail fit) counted above both thresholds, as :func:`pvae.evaluation.log_px.
+    unreliable_fraction` counts it (``fraction_above_0.7`` is that fraction: k̂ ≥ 0.7)."""
     kh = est.khat
     finite = kh[torch.isfinite(kh)]
+    computed = kh[~torch.isnan(kh)]
     order = torch.argsort(torch.nan_to_num(kh, nan=-math.inf), descending=True)[:worst]
     quant = (
         {f"q{int(p * 100)}": float(torch.quantile(finite, p)) for p in (0.5, 0.9, 0.99)}
@@ -262,8 +270,10 @@ def weight_diagnostics(est: LogPxEstimate, worst: int = 10) -> dict[str, object]
     )
     return {
         "khat_quantiles": quant,
-        "fraction_above_0.5": float((finite > 0.5).double().mean()) if finite.numel() else None,
-        "fraction_above_0.7": float((finite > 0.7).double().mean()) if finite.numel() else None,
+        "fraction_above_0.5": (
+            float((computed > 0.5).double().mean()) if computed.numel() else None
+        ),
+        "fraction_above_0.7": unreliable_fraction(kh),
         "worst": [
             {
                 "index": int(i),
@@ -274,3 +284,81 @@ def weight_diagnostics(est: LogPxEstimate, worst: int = 10) -> dict[str, object]
             for i in order
         ],
     }
+
+
+@torch.no_grad()
+def report(model: Any, x: Tensor, subset: int = 1000) -> dict[str, Any]:
+    """The diagnostics of ``pvae evaluate``, for any number of datapoints (one included).
+
+    For a pair with one encoder and prior (``encode``, ``prior``, ``latent_dim``: a
+    :class:`~pvae.VAE`): active units, KL per dimension where the prior is factorized, and
+    I(x; z) and the prior hole on the first ``subset`` datapoints (they cost O(N²)). For any
+    other pair (a hierarchical VAE, a user's module): active units per latent site. What needs a
+    variance over datapoints (active units, I(x; z)) is ``None`` for a single datapoint, with a
+    ``"note"`` saying so, instead of an error after the estimates were computed.
+
+    Example:
+        >>> import torch, pvae
+        >>> vae = pvae.VAE(pvae.priors.StandardNormal(3), data_shape=(4,))
+        >>> report(vae, torch.ones(1, 4))["active_units"] is None
+        True
+    """
+    subset = positive_int("subset", subset)
+    n = x.shape[0]
+    out: dict[str, Any] = {}
+    if n < 2:
+        out["note"] = "one datapoint: active units and I(x; z) need a variance over datapoints"
+    if not callable(getattr(model, "encode", None)):  # several latent sites: per site only
+        means = _site_means(model, x, 1024, 64)
+        return {
+            "active_units_by_site": {
+                k: ActiveUnits(mu.var(0), 1e-2).count if n > 1 else None for k, mu in means.items()
+            },
+            "units_by_site": {k: mu.shape[1] for k, mu in means.items()},
+            **out,
+        }
+    out.update(active_units=None, latent_dim=model.latent_dim)
+    if n > 1:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out["active_units"] = active_units(model, x).count
+        if caught:
+            out["warning"] = str(caught[0].message)
+    with contextlib.suppress(ValueError):  # not factorized, not diagonal: no per-dimension split
+        out["kl_per_dim"] = [round(float(v), 4) for v in kl_per_dimension(model, x)]
+    xs = x[:subset]
+    mi, mi_se = mutual_information(model, xs) if n > 1 else (None, None)
+    hole = prior_hole(model, xs)
+    out.update(
+        mutual_information=mi,
+        mutual_information_se=mi_se,
+        aggregate_kl=hole.kl,
+        aggregate_kl_se=hole.kl_se,
+        prior_hole_fraction=hole.hole_fraction,
+    )
+    return out
+
+
+def report_lines(dg: dict[str, Any]) -> list[str]:
+    """The text lines of a :func:`report` (``n/a`` where a value needs more datapoints)."""
+
+    def num(v: float | None, fmt: str = ".3f") -> str:
+        return "n/a" if v is None or not math.isfinite(v) else format(v, fmt)
+
+    if "active_units_by_site" in dg:  # not a one-layer VAE: per latent site only
+        units = ", ".join(
+            f"{k} {'n/a' if a is None else a} of {dg['units_by_site'][k]}"
+            for k, a in dg["active_units_by_site"].items()
+        )
+        lines = [f"active units  {units}"]
+    else:
+        au = "n/a" if dg["active_units"] is None else dg["active_units"]
+        lines = [
+            f"active units  {au:>5} of {dg['latent_dim']}   I(x; z) "
+            f"{num(dg['mutual_information'])} ± {num(dg['mutual_information_se'])} nats",
+            f"prior hole    KL(q(z) || p(z)) {num(dg['aggregate_kl'])}; "
+            f"{num(100 * dg['prior_hole_fraction'], '.1f')}% of prior draws fall in holes "
+            "(≈1% = none)",
+        ]
+    lines += [f"note: {dg['note']}"] if "note" in dg else []
+    return lines + ([f"warning: {dg['warning']}"] if "warning" in dg else [])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pvae.evaluation._psis import KHAT_LIMIT, MIN_DRAWS, pareto_khat
+from pvae.evaluation._psis import MIN_DRAWS, pareto_khat, unreliable
 from pvae.evaluation._weights import Target, blocks, check_k, delta_method, plan
 
 __all__ = ["AdaptiveReport", "adaptive_weights"]
@@ -57,6 +57,7 @@ class AdaptiveReport:
             "target_se": self.target_se,
             "max_k": self.max_k,
             "rounds": self.rounds,
+            "k_min": int(self.k_used.min()),
             "k_mean": float(self.k_used.double().mean()),
             "k_max": int(self.k_used.max()),
             "n_settled": int(self.settled.sum()),
@@ -69,7 +70,8 @@ class AdaptiveReport:
         n = self.k_used.numel()
         line = (
             f"adaptive: {s['n_settled']}/{n} datapoints reached {rule} "
-            f"(mean k {s['k_mean']:.0f}, {s['rounds']} round{'s' * (s['rounds'] != 1)})"
+            f"(k {s['k_min']}..{s['k_max']} per datapoint, mean {s['k_mean']:.0f}; "
+            f"{s['rounds']} round{'s' * (s['rounds'] != 1)})"
         )
         if s["n_capped"]:
             line += f"; {s['n_capped']} stopped unsettled at the cap k = {self.max_k}"
@@ -129,7 +131,7 @@ def adaptive_weights(
             kept = torch.cat([kept, torch.cat(drawn)], dim=1)
             lse, lse2, se, kh = _stats(kept)
             total = kept.shape[1]
-            ok = kh < KHAT_LIMIT
+            ok = torch.from_numpy(~unreliable(kh)).to(kh.device)  # +inf: not settled
             if target_se is not None:
                 ok &= se <= target_se
             stop = ok | (total >= max_k)

@@ -99,6 +99,7 @@ from pvae.evaluation.energy import make_energy, start_values
 from pvae.evaluation.hmc import Noise, hmc_step
 from pvae.evaluation.latents import Layout
 from pvae.evaluation.log_px import LogPxEstimate
+from pvae.evaluation.sandwich import sandwich_text
 from pvae.program import as_program, param_sites
 from pvae.traces import check_sites, inspect_pair, particle_traces
 
@@ -235,12 +236,9 @@ class BDMCResult:
             "seconds": self.forward.seconds + self.reverse.seconds,
         }
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # the signed gap, never an inequality the numbers may break
         s = self.summary()
-        return (
-            f"BDMC {s['lower']:.4f} ≤ log p(x) ≤ {s['upper']:.4f} nats (gap {s['gap']:.4f} "
-            f"± {s['gap_se']:.4f}; n={s['n']}, steps={s['steps']}, chains={s['chains']})"
-        )
+        return f"BDMC {sandwich_text(s)} (n={s['n']}, steps={s['steps']}, chains={s['chains']})"
 
     def __repr__(self) -> str:
         return f"<BDMCResult {self}>"

@@ -45,6 +45,7 @@ from pvae.evaluation.ais import ais, bdmc
 from pvae.evaluation.annealing import AISSettings
 from pvae.evaluation.elbo import evaluate_elbo
 from pvae.evaluation.log_px import LogPxEstimate
+from pvae.evaluation.sandwich import sandwich_text
 
 __all__ = ["BoundLadder", "bounds"]
 
@@ -125,8 +126,7 @@ class BoundLadder:
             b = self.bdmc
             lines.append(
                 f"BDMC on {b['n']} datapoints simulated from the model (T={b['steps']}, "
-                f"C={b['chains']}): {b['lower']:.4f} ≤ log p(x) ≤ {b['upper']:.4f}, "
-                f"gap {b['gap']:.4f} ± {b['gap_se']:.4f} nats"
+                f"C={b['chains']}): {sandwich_text(b)}"
             )
         if self.log_px.get("warning"):
             lines.append(f"WARNING (IWAE k={max(self.iwae)}): {self.log_px['warning']}")

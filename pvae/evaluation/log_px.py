@@ -35,7 +35,14 @@ import torch
 from torch import Tensor
 
 from pvae.distributed import gather_blocks
-from pvae.evaluation._psis import KHAT_LIMIT, pareto_khat
+from pvae.evaluation._psis import (
+    KHAT_LIMIT,
+    format_khat,
+    khat_max,
+    pareto_khat,
+    unreliable,
+    unreliable_fraction,
+)
 from pvae.evaluation._weights import (
     DEFAULT_BUDGET,
     Target,
@@ -50,7 +57,17 @@ from pvae.evaluation._weights import (
 )
 from pvae.evaluation.adaptive import AdaptiveReport, adaptive_weights
 
-__all__ = ["DEFAULT_BUDGET", "KHAT_LIMIT", "KHAT_WARN_FRACTION", "LogPxEstimate", "log_px"]
+__all__ = [
+    "DEFAULT_BUDGET",
+    "KHAT_LIMIT",
+    "KHAT_WARN_FRACTION",
+    "LogPxEstimate",
+    "format_khat",
+    "khat_max",
+    "log_px",
+    "unreliable",
+    "unreliable_fraction",
+]
 
 # More than this fraction of datapoints at or above the limit: the reported s.e. is unreliable.
 KHAT_WARN_FRACTION = 0.05
@@ -100,9 +117,18 @@ class LogPxEstimate:
 
     @property
     def unreliable_fraction(self) -> float | None:
-        """Fraction of datapoints whose k̂ is at least :data:`KHAT_LIMIT` (``None`` without k̂)."""
-        k = self.khat[~torch.isnan(self.khat)]
-        return float((k >= KHAT_LIMIT).double().mean()) if k.numel() else None
+        """Fraction of datapoints whose k̂ is at least :data:`KHAT_LIMIT` or ``+inf`` (the one
+        definition, :func:`unreliable_fraction`); ``None`` without k̂."""
+        return unreliable_fraction(self.khat)
+
+    @property
+    def draws(self) -> str:
+        """The draws per datapoint behind the ESS and s.e., for text: ``"5000"``, or in the
+        adaptive mode the range actually used, ``"100..6400"``."""
+        if self.adaptive is None:
+            return str(self.k)
+        lo, hi = int(self.adaptive.k_used.min()), int(self.adaptive.k_used.max())
+        return str(lo) if lo == hi else f"{lo}..{hi}"
 
     @property
     def warning(self) -> str | None:
@@ -124,7 +150,8 @@ class LogPxEstimate:
         se = "n/a" if s["log_px_se"] is None else f"{s['log_px_se']:.4f}"
         line = (
             f"log p(x) = {s['log_px']:.4f} ± {se} nats (Monte Carlo s.e. of the mean over "
-            f"n={s['n']} datapoints, k={self.k}; {s['bits_per_dim']:.4f} bits/dim)"
+            f"n={s['n']} datapoints, k={self.draws}; {s['bits_per_dim']:.4f} bits/dim; mean ESS "
+            f"{s['ess_mean']:.0f}, max k̂ {format_khat(s['khat_max'])})"
         )
         if self.adaptive is not None:
             line += f"\n{self.adaptive}"
@@ -140,9 +167,13 @@ class LogPxEstimate:
 
     def summary(self) -> dict[str, float | int | None]:
         """Means over datapoints. ``log_px_se`` is the Monte Carlo error of the mean
-        (:math:`\\sqrt{\\sum_n \\mathrm{se}_n^2}/N`); ``log_px_sd`` the spread over datapoints."""
+        (:math:`\\sqrt{\\sum_n \\mathrm{se}_n^2}/N`); ``log_px_sd`` the spread over datapoints
+        (``None`` for one datapoint). ``khat_max`` is the largest k̂ (``inf`` when a tail fit
+        failed, which JSON writes as null) and ``khat_frac_above_0.7`` the fraction of datapoints
+        whose k̂ is unreliable, ``+inf`` included (:func:`unreliable_fraction`): a number
+        whenever k̂ was computed. ``k`` is the starting k of the adaptive mode; the draws used
+        are in ``adaptive`` (``k_min``, ``k_mean``, ``k_max``)."""
         n = self.log_px.numel()
-        k = self.khat[torch.isfinite(self.khat) | (self.khat == -math.inf)]
         return {
             "n": n,
             "k": self.k,
@@ -152,8 +183,8 @@ class LogPxEstimate:
             "bits_per_dim": float(self.bits_per_dim.mean()),
             "ess_mean": float(self.ess.mean()),
             "ess_min": float(self.ess.min()),
-            "khat_max": float(k.max()) if k.numel() and bool(torch.isfinite(k.max())) else None,
-            "khat_frac_above_0.7": float((k >= KHAT_LIMIT).double().mean()) if k.numel() else None,
+            "khat_max": khat_max(self.khat),  # ±inf in JSON: null (the fraction says which)
+            "khat_frac_above_0.7": self.unreliable_fraction,
             "warning": self.warning,
             "adaptive": self.adaptive.summary() if self.adaptive is not None else None,
         }

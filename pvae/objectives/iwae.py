@@ -27,6 +27,7 @@ Encoder gradient estimators (the decoder gradient is the same for all three):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -42,6 +43,7 @@ from pvae.traces import PARTICLES, checked_particle_traces, particle_traces, sit
 __all__ = ["ESTIMATORS", "IWAE", "iwae_loss"]
 
 ESTIMATORS = ("reparam", "stl", "dreg")
+_NOT_REGISTERED = r".* was not registered in the param store because requires_grad=False"
 
 
 def iwae_loss(lw: Tensor, scale: float, estimator: str, latents: Iterable[Tensor] = ()) -> Tensor:
@@ -172,7 +174,13 @@ class IWAE(pyro.infer.ELBO):
                 poutine.replay(particles(program.guide), trace=guide_trace)
             ).get_trace(*a, **k),
         )
-        with poutine.block(), param_sites(False):  # the swapped-in tensors are no parameters
+        with poutine.block(), param_sites(False), warnings.catch_warnings():
+            # The swapped-in tensors are no parameters. A guide that calls pyro.module(name,
+            # self) (Pyro's documented idiom) makes Pyro warn, per tensor, "<name> was not
+            # registered in the param store because requires_grad=False": harmless, since
+            # these detached copies must not be registered (the guide's own run just now
+            # registered the real parameters), and only this re-scoring sees them.
+            warnings.filterwarnings("ignore", _NOT_REGISTERED, UserWarning, "pyro.primitives")
             trace = torch.func.functional_call(call, fixed, args, kwargs, strict=False)
         return {
             name: site["fn"].log_prob(guide_trace.nodes[name]["value"])

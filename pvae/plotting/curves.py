@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from pvae.evaluation.log_px import KHAT_LIMIT, LogPxEstimate
+from pvae.evaluation.log_px import KHAT_LIMIT, LogPxEstimate, unreliable
 from pvae.plotting.style import WIDTH, figure, finish, styled
 
 __all__ = ["khat_plot", "kl_bars", "training_curves"]
@@ -236,10 +236,12 @@ def khat_plot(
     hi = max(1.0, float(finite.max())) if finite.size else 1.0
     v = np.clip(kh[idx], lo, hi)
     raw = kh[idx]
-    bands = [  # the project's threshold: k̂ ≥ KHAT_LIMIT is unreliable (log_px's warning)
+    bad = unreliable(raw)  # the one definition (log_px's warning and summary): +inf counts
+    n_inf = int(np.isposinf(raw).sum())
+    bands = [
         (raw <= 0.5, "C0", "k̂ ≤ 0.5"),
-        ((raw > 0.5) & (raw < KHAT_LIMIT), "C1", f"0.5 < k̂ < {KHAT_LIMIT}"),
-        (raw >= KHAT_LIMIT, "C3", f"k̂ ≥ {KHAT_LIMIT}"),
+        ((raw > 0.5) & ~bad, "C1", f"0.5 < k̂ < {KHAT_LIMIT}"),
+        (bad, "C3", f"k̂ ≥ {KHAT_LIMIT}"),
     ]
     for mask, colour, label in bands:
         if mask.any():
@@ -251,10 +253,20 @@ def khat_plot(
     )
     if not idx.size:
         ax.text(0.5, 0.5, "k̂ not computed (needs k ≥ 10)", transform=ax.transAxes, ha="center")
+    if n_inf:
+        ax.text(
+            0.99,
+            0.99,
+            f"{n_inf} k̂ = inf (tail fit failed: unreliable), drawn at the top",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
     ax.set_ylim(lo - 0.05, hi + 0.05)
     ax.set_xlim(-0.5, max(len(kh), 1) - 0.5)
     ax.set_xlabel("datapoint index")
     ax.set_ylabel("Pareto k̂")
-    ax.set_title(f"importance-weight quality per datapoint (k = {est.k} samples)")
+    ax.set_title(f"importance-weight quality per datapoint (k = {est.draws} samples)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return finish(fig, path)

@@ -44,7 +44,7 @@ def bound_ladder(ladder: Any, path: str | Path | None = None) -> Any:
         ax.text(
             0.98,
             0.03,
-            f"BDMC gap on simulated data: {b['gap']:.3f} ± {b['gap_se']:.3f} nats",
+            f"BDMC gap on simulated data (upper − lower): {b['gap']:.3f} ± {b['gap_se']:.3f} nats",
             transform=ax.transAxes,
             ha="right",
             fontsize=8,
