@@ -46,7 +46,7 @@ from pvae.evaluation import ais, bdmc, bounds, evaluate_elbo, log_px
 from pvae.files import dumps
 from pvae.model import VAE
 from pvae.runs import Run, load_run, read_run_config, train_from_config
-from pvae.train import TrainingDivergedError
+from pvae.training import TrainingDivergedError
 from pvae.training.progress import summary_table, task_progress
 
 __all__ = ["main"]
