@@ -32,8 +32,15 @@ from pvae.hierarchical import HierarchicalVAE
 from pvae.linear_gaussian import LinearGaussian, LinearGaussianChain
 from pvae.model import VAE
 from pvae.runs import Run, load_run, train_from_config
-from pvae.train import FitResult, TrainingDivergedError, drop_timings, fit
-from pvae.training import Callback, CSVLogger, TensorBoardLogger
+from pvae.training import (
+    Callback,
+    CSVLogger,
+    FitResult,
+    TensorBoardLogger,
+    TrainingDivergedError,
+    drop_timings,
+    fit,
+)
 
 __version__ = "0.1.0"
 

@@ -1,11 +1,14 @@
-"""Configuration: dataclasses loadable from TOML, ``--set key=value`` overrides, and the registries
-that turn names into components. This is the only place names become objects.
+"""Configuration: dataclasses loadable from TOML and ``--set key=value`` overrides; names become
+components here, looked up in the registries beside them (:data:`pvae.priors.PRIORS`,
+:data:`pvae.likelihoods.LIKELIHOODS`, :data:`pvae.guides.GUIDES`, :data:`pvae.nets.ENCODERS`,
+:data:`pvae.nets.DECODERS`).
 
 Sections: ``data``, ``model`` (with component tables ``prior``, ``likelihood``, ``encoder``,
-``decoder``, ``guide``: each ``{name = "...", <keyword arguments>}``), ``train``, ``eval`` and
-``log``. Unknown keys, names and keyword arguments raise ``ValueError`` listing the valid ones.
+``decoder``, ``guide``: each ``{name = "...", <keyword arguments>}``), and ``train``, ``eval`` and
+``log``, which are :func:`pvae.fit`'s options (:mod:`pvae.options`, where their defaults are
+documented). Unknown keys, names and keyword arguments raise ``ValueError`` listing the valid ones.
 
-``[log]`` says what a run reports while it trains (see :class:`LogConfig`)::
+``[log]`` says what a run reports while it trains (see :class:`~pvae.options.LogOptions`)::
 
     [log]
     csv = true           # RUN/metrics.csv, one row per epoch
@@ -58,61 +61,33 @@ from typing import Any
 import tomllib
 from torch import nn
 
-from pvae import datasets, guides, likelihoods, nets, priors
-from pvae._checks import lookup, one_of, positive_float, positive_int
+from pvae import datasets, nets
+from pvae._checks import lookup, one_of, positive_int
+from pvae.guides import GUIDES
 from pvae.hierarchical import HierarchicalVAE
+from pvae.likelihoods import LIKELIHOODS
 from pvae.model import VAE
-from pvae.objectives import ESTIMATORS, OBJECTIVES
+from pvae.nets import DECODERS, ENCODERS
+from pvae.options import OPTIONAL, EvalOptions, FitOptions, LogOptions, TrainOptions
+from pvae.priors import PRIORS
 
 __all__ = [
-    "ENCODERS",
-    "GUIDES",
-    "LIKELIHOODS",
-    "PRIORS",
     "Config",
+    "DataConfig",
+    "ModelConfig",
     "build_vae",
     "load_config",
     "load_data",
 ]
 
-PRIORS: Mapping[str, type[priors.Prior]] = {
-    "standard_normal": priors.StandardNormal,
-    "learned_gaussian": priors.LearnedGaussian,
-    "mog": priors.MixtureOfGaussians,
-    "vamp": priors.VampPrior,
-    "flow": priors.FlowPrior,
-    "student_t": priors.StudentT,
-}
-LIKELIHOODS: Mapping[str, type[likelihoods.Likelihood]] = {
-    "bernoulli": likelihoods.Bernoulli,
-    "continuous_bernoulli": likelihoods.ContinuousBernoulli,
-    "gaussian": likelihoods.Gaussian,
-    "laplace": likelihoods.Laplace,
-    "discretized_logistic": likelihoods.DiscretizedLogistic,
-    "categorical": likelihoods.Categorical256,
-}
-GUIDES: Mapping[str, Any] = {
-    "diagonal": guides.DiagonalNormal,
-    "low_rank": guides.LowRankNormal,
-    "iaf": guides.IAF,
-}
-ENCODERS: Mapping[str, Callable[..., nn.Module]] = {
-    "mlp": lambda data_shape, out, **kw: nets.MLP(data_shape, out, **kw),
-    "conv": lambda data_shape, out, **kw: nets.ConvEncoder(data_shape, out, **kw),
-}
-DECODERS: Mapping[str, Callable[..., nn.Module]] = {
-    "mlp": lambda latent_dim, out_shape, **kw: nets.MLP(latent_dim, out_shape, **kw),
-    "conv": lambda latent_dim, out_shape, **kw: nets.ConvDecoder(latent_dim, out_shape, **kw),
-}
-# Keyword arguments each network accepts (the lambdas above hide the signatures).
-_NET_KWARGS = {
-    ("encoder", "mlp"): nets.MLP,
-    ("encoder", "conv"): nets.ConvEncoder,
-    ("decoder", "mlp"): nets.MLP,
-    ("decoder", "conv"): nets.ConvDecoder,
+_REGISTRIES = {
+    "prior": PRIORS,
+    "likelihood": LIKELIHOODS,
+    "encoder": ENCODERS,
+    "decoder": DECODERS,
+    "guide": GUIDES,
 }
 _NET_POSITIONAL = {"in_shape", "out_shape", "out_features", "latent_dim"}
-OPTIMIZERS = ("adam", "clipped_adam")
 
 
 def _table(name: str, **kw: Any) -> Callable[[], dict[str, Any]]:
@@ -137,11 +112,6 @@ class DataConfig:
     seed: int = 0
 
 
-# Keys that are left out of ``to_dict`` while unset, so configs and checkpoints written before
-# they existed compare equal to their reading now.
-_OPTIONAL = {"optional": True}
-
-
 @dataclass
 class ModelConfig:
     """``[model]``: latent size (one integer, or one width per stochastic layer), one table per
@@ -153,10 +123,10 @@ class ModelConfig:
     encoder: dict[str, Any] = field(default_factory=_table("mlp", hidden=[256, 128]))
     decoder: dict[str, Any] = field(default_factory=_table("mlp", hidden=[128, 256]))
     guide: dict[str, Any] = field(default_factory=_table("diagonal"))
-    hidden: list[list[int]] | None = field(default=None, metadata=_OPTIONAL)
-    activation: str | None = field(default=None, metadata=_OPTIONAL)
-    class_: str | None = field(default=None, metadata={**_OPTIONAL, "key": "class"})
-    kwargs: dict[str, Any] | None = field(default=None, metadata=_OPTIONAL)
+    hidden: list[list[int]] | None = field(default=None, metadata=OPTIONAL)
+    activation: str | None = field(default=None, metadata=OPTIONAL)
+    class_: str | None = field(default=None, metadata={**OPTIONAL, "key": "class"})
+    kwargs: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
 
     @property
     def layers(self) -> list[int]:
@@ -175,74 +145,14 @@ def _keys(section_cls: type) -> dict[str, str]:
 
 
 @dataclass
-class TrainConfig:
-    """``[train]``: objective, optimizer and loop settings.
-
-    ``compile = true`` compiles the fused training step with :func:`torch.compile`
-    (:func:`pvae.fit`'s ``compile``); off by default, since compilation costs more than it
-    saves on short runs.
-    """
-
-    objective: str = "meanfield_elbo"
-    num_particles: int = 1
-    vectorize_particles: bool = False
-    estimator: str = "reparam"
-    fast: bool = True
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    clip_norm: float | None = None
-    beta: float = 1.0
-    warmup_steps: int = 0
-    free_bits: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-    compile: bool = False
-    labels: bool | None = field(default=None, metadata=_OPTIONAL)
-
-
-@dataclass
-class EvalConfig:
-    """``[eval]``: evaluation settings."""
-
-    k: int = 5000
-    num_samples: int = 100
-    batch_size: int = 1024
-    curve_ks: list[int] = field(default_factory=lambda: [5, 500])
-    curve_every: int = 10
-    curve_subset: int = 256
-
-
-@dataclass
-class LogConfig:
-    """``[log]``: what a run reports while it trains (on the main process of a distributed job).
-
-    Attributes:
-        csv: Write ``RUN/metrics.csv``, one row per epoch (:class:`~pvae.training.CSVLogger`).
-        tensorboard: Write TensorBoard scalars to ``RUN/tensorboard/``
-            (:class:`~pvae.training.TensorBoardLogger`; needs ``pip install tensorboard``).
-        every: Seconds between the plain progress lines when stderr is not a terminal (a
-            SLURM or nohup log); on a terminal the bar is redrawn in place instead.
-        quiet: Nothing but errors: no progress, no per-epoch lines, no closing summary.
-    """
-
-    csv: bool = True
-    tensorboard: bool = False
-    every: float = 30.0
-    quiet: bool = False
-
-
-@dataclass
 class Config:
     """A whole run's configuration."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    log: LogOptions = field(default_factory=LogOptions)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested dicts keyed as in TOML; optional keys that are unset are left out."""
@@ -291,99 +201,42 @@ class Config:
         cfg.validate()
         return cfg
 
+    @property
+    def options(self) -> FitOptions:
+        """The ``[train]``, ``[eval]`` and ``[log]`` sections as :func:`pvae.fit`'s options."""
+        return FitOptions(self.train, self.eval, self.log)
+
     def validate(self) -> None:
         """Check values and registry names (not the components' keyword arguments)."""
-        d, m, t, e = self.data, self.model, self.train, self.eval
-        if d.name not in datasets.DATASETS:
-            lookup("dataset", datasets.DATASETS, d.name)
-        one_of("data.binarize", d.binarize, datasets.BINARIZE)
-        datasets.check_fractions(d.val_fraction, d.test_fraction, prefix="data.")
-        _validate_model(m, t)
-        for kind, reg in (
-            ("prior", PRIORS),
-            ("likelihood", LIKELIHOODS),
-            ("encoder", ENCODERS),
-            ("decoder", DECODERS),
-            ("guide", GUIDES),
-        ):
-            table = getattr(m, kind)
-            if not isinstance(table, Mapping) or "name" not in table:
-                raise ValueError(f"model.{kind} must be a table with a 'name', got {table!r}")
-            lookup(f"model.{kind}.name", reg, table["name"])
-        lookup("train.objective", OBJECTIVES, t.objective)
-        one_of("train.optimizer", t.optimizer, OPTIMIZERS)
-        one_of("train.estimator", t.estimator, ESTIMATORS)
-        if t.estimator != "reparam" and t.objective != "iwae":
-            raise ValueError(
-                f"train.estimator={t.estimator!r} applies to train.objective='iwae' only, "
-                f"got objective {t.objective!r}"
-            )
-        positive_int("train.epochs", t.epochs)
-        positive_int("train.batch_size", t.batch_size)
-        positive_int("train.num_particles", t.num_particles)
-        positive_float("train.lr", t.lr)
-        if t.clip_norm is not None:
-            positive_float("train.clip_norm", t.clip_norm)
-        positive_float("train.beta", t.beta, allow_zero=True)
-        positive_float("train.free_bits", t.free_bits, allow_zero=True)
-        if t.labels is not None and not isinstance(t.labels, bool):
-            raise TypeError(f"train.labels must be true or false, got {t.labels!r}")
-        for key, value in (
-            ("train.progress", t.progress),
-            ("train.compile", t.compile),
-            ("log.csv", self.log.csv),
-            ("log.tensorboard", self.log.tensorboard),
-            ("log.quiet", self.log.quiet),
-        ):
-            if not isinstance(value, bool):
-                raise TypeError(f"{key} must be true or false, got {value!r}")
-        positive_float("log.every", self.log.every, allow_zero=True)
-        if (
-            isinstance(t.warmup_steps, bool)
-            or not isinstance(t.warmup_steps, int)
-            or t.warmup_steps < 0
-        ):
-            raise ValueError(f"train.warmup_steps must be an integer >= 0, got {t.warmup_steps!r}")
-        if t.objective == "iwae" and (t.beta != 1 or t.warmup_steps or t.free_bits):
-            raise ValueError(
-                "train.beta, train.warmup_steps and train.free_bits reweight the KL term of the "
-                "ELBO; the IWAE bound has no separate KL term: use objective 'elbo' or "
-                "'meanfield_elbo' with them"
-            )
-        positive_int("eval.k", e.k)
-        positive_int("eval.num_samples", e.num_samples)
-        positive_int("eval.batch_size", e.batch_size)
-        if not isinstance(e.curve_ks, list):
-            raise ValueError(
-                f"eval.curve_ks must be a list of positive integers, got {e.curve_ks!r}"
-            )
-        for k in e.curve_ks:
-            positive_int("eval.curve_ks entries", k)
-        positive_int("eval.curve_every", e.curve_every)
-        positive_int("eval.curve_subset", e.curve_subset)
+        _validate_data(self.data)
+        _validate_model(self.model, self.train)
+        _validate_components(self.model)
+        self.options.check(toml=True)
 
 
-_COMPONENTS = ("prior", "likelihood", "encoder", "decoder", "guide")
+_COMPONENTS = tuple(_REGISTRIES)
 
 
-def _validate_model(m: ModelConfig, t: TrainConfig) -> None:
+def _validate_data(d: DataConfig) -> None:
+    if d.name not in datasets.DATASETS:
+        lookup("dataset", datasets.DATASETS, d.name)
+    one_of("data.binarize", d.binarize, datasets.BINARIZE)
+    datasets.check_fractions(d.val_fraction, d.test_fraction, prefix="data.")
+
+
+def _validate_components(m: ModelConfig) -> None:
+    """Each component table names a component of its registry."""
+    for kind, registry in _REGISTRIES.items():
+        table = getattr(m, kind)
+        if not isinstance(table, Mapping) or "name" not in table:
+            raise ValueError(f"model.{kind} must be a table with a 'name', got {table!r}")
+        lookup(f"model.{kind}.name", registry, table["name"])
+
+
+def _validate_model(m: ModelConfig, t: TrainOptions) -> None:
     """Check ``[model]`` for the kind of model it describes (see the module docstring)."""
-    default = ModelConfig()
     if m.class_ is not None:
-        _class_path(m.class_)
-        set_keys = [
-            key
-            for key, name in _keys(ModelConfig).items()
-            if key not in ("class", "kwargs") and getattr(m, name) != getattr(default, name)
-        ]
-        if set_keys:
-            raise ValueError(
-                f"model.class builds {m.class_!r} from [model.kwargs] alone; remove "
-                f"{', '.join(f'model.{k}' for k in set_keys)}"
-            )
-        if m.kwargs is not None and not isinstance(m.kwargs, Mapping):
-            raise ValueError(f"model.kwargs must be a table of keyword arguments, got {m.kwargs!r}")
-        _no_kl_options(t, f"a user's module (model.class = {m.class_!r})")
+        _validate_class(m, t)
         return
     if m.kwargs is not None:
         raise ValueError(
@@ -407,6 +260,31 @@ def _validate_model(m: ModelConfig, t: TrainConfig) -> None:
                     "model.decoder"
                 )
         return
+    _validate_hierarchical(m, t)
+
+
+def _validate_class(m: ModelConfig, t: TrainOptions) -> None:
+    """``[model]`` of a user's module: ``class`` and ``kwargs`` and nothing else."""
+    default = ModelConfig()
+    _class_path(m.class_)
+    set_keys = [
+        key
+        for key, name in _keys(ModelConfig).items()
+        if key not in ("class", "kwargs") and getattr(m, name) != getattr(default, name)
+    ]
+    if set_keys:
+        raise ValueError(
+            f"model.class builds {m.class_!r} from [model.kwargs] alone; remove "
+            f"{', '.join(f'model.{k}' for k in set_keys)}"
+        )
+    if m.kwargs is not None and not isinstance(m.kwargs, Mapping):
+        raise ValueError(f"model.kwargs must be a table of keyword arguments, got {m.kwargs!r}")
+    _no_kl_options(t, f"a user's module (model.class = {m.class_!r})")
+
+
+def _validate_hierarchical(m: ModelConfig, t: TrainOptions) -> None:
+    """``[model]`` of a hierarchical VAE: ``hidden`` and ``activation`` for its networks."""
+    default = ModelConfig()
     L = len(m.layers)
     for kind in ("encoder", "decoder", "guide"):
         if getattr(m, kind) != getattr(default, kind):
@@ -436,7 +314,7 @@ def _validate_model(m: ModelConfig, t: TrainConfig) -> None:
         )
 
 
-def _no_kl_options(t: TrainConfig, what: str) -> None:
+def _no_kl_options(t: TrainOptions, what: str) -> None:
     if t.beta != 1 or t.warmup_steps or t.free_bits:
         raise ValueError(
             f"train.beta, train.warmup_steps and train.free_bits are options of the one-layer "
@@ -480,7 +358,13 @@ def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, An
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a TOML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    """Read a TOML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    The overrides apply to the file's contents, and the merged whole is validated once: a file
+    that is only valid with its overrides loads, and the error of an invalid merge names the key.
+    A component's table switches wholesale when an override changes its ``name``, so stale
+    keyword arguments of the old component do not leak into the new one.
+    """
     d: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -490,16 +374,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             d = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from err
-    base = Config.from_dict(d).to_dict()
-    if overrides:
-        # Component tables switch wholesale when their name changes, so stale keyword arguments
-        # of the old component do not leak into the new one.
-        for item in overrides:
-            key = item.split("=", 1)[0].strip().split(".")
-            if len(key) == 3 and key[0] == "model" and key[1] in _COMPONENTS and key[2] == "name":
-                base["model"][key[1]] = {}
-        return Config.from_dict(apply_overrides(base, overrides))
-    return Config.from_dict(base)
+    for item in overrides:
+        key = item.split("=", 1)[0].strip().split(".")
+        if len(key) == 3 and key[0] == "model" and key[1] in _COMPONENTS and key[2] == "name":
+            model = d.get("model")
+            if isinstance(model, dict) and key[1] in model:
+                model[key[1]] = {}
+    return Config.from_dict(apply_overrides(d, overrides))
 
 
 def _toml_value(v: Any) -> str:
@@ -590,7 +471,7 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
     guide_cls = lookup("model.guide.name", GUIDES, gname)
     name, kw = _split(model.encoder)
     make = lookup("model.encoder.name", ENCODERS, name)
-    _check_kwargs(f"model.encoder {name!r}", _NET_KWARGS[("encoder", name)], kw)
+    _check_kwargs(f"model.encoder {name!r}", make, kw)
     width_kw = {
         k: v for k, v in gkw.items() if k in inspect.signature(guide_cls.num_params).parameters
     }
@@ -598,7 +479,7 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
     encoder = _instantiate("guide", guide_cls, gkw, net=enc_net, latent_dim=latent)
     name, kw = _split(model.decoder)
     make = lookup("model.decoder.name", DECODERS, name)
-    _check_kwargs(f"model.decoder {name!r}", _NET_KWARGS[("decoder", name)], kw)
+    _check_kwargs(f"model.decoder {name!r}", make, kw)
     decoder = make(latent, lik.param_shape(data_shape), **kw)
     return VAE(prior, lik, encoder, decoder, data_shape=data_shape)
 

@@ -16,7 +16,7 @@ The floor :math:`\sigma_{\min}` (``min_scale``) is added in both cases: it keeps
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -26,7 +26,13 @@ from torch import Tensor, nn
 
 from pvae._checks import lookup, positive_float, positive_int
 
-__all__ = ["IAF", "SCALES", "DiagonalNormal", "LowRankNormal"]
+__all__ = [
+    "GUIDES",
+    "IAF",
+    "SCALES",
+    "DiagonalNormal",
+    "LowRankNormal",
+]
 
 SCALES: dict[str, Callable[[Tensor], Tensor]] = {"softplus": F.softplus, "exp": torch.exp}
 """Maps from an encoder's raw output to a positive standard deviation (before the floor)."""
@@ -195,3 +201,12 @@ class IAF(nn.Module):
                 layers.append(T.Permute(self.reverse))
             layers.append(flow.condition(ctx))
         return dist.TransformedDistribution(base, layers)
+
+
+GUIDES: Mapping[str, type[nn.Module]] = {
+    "diagonal": DiagonalNormal,
+    "low_rank": LowRankNormal,
+    "iaf": IAF,
+}
+"""The guides a config's ``[model.guide]`` table names, each built as
+``cls(net=encoder, latent_dim=d, **kw)`` over an encoder with ``cls.num_params(d, ...)`` outputs."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import pyro.distributions as dist
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from pvae._checks import one_of, positive_float
 
 __all__ = [
+    "LIKELIHOODS",
     "Bernoulli",
     "Categorical256",
     "ContinuousBernoulli",
@@ -330,3 +331,14 @@ def _check_levels(x: Tensor, name: str, what: str) -> None:
                 "1/255; load uint8 images or use a continuous likelihood"
             )
         )
+
+
+LIKELIHOODS: Mapping[str, type[Likelihood]] = {
+    "bernoulli": Bernoulli,
+    "continuous_bernoulli": ContinuousBernoulli,
+    "gaussian": Gaussian,
+    "laplace": Laplace,
+    "discretized_logistic": DiscretizedLogistic,
+    "categorical": Categorical256,
+}
+"""The likelihoods a config's ``[model.likelihood]`` table names, each built as ``cls(**kw)``."""

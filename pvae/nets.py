@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
 from pvae._checks import lookup, positive_int
 
-__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]
+__all__ = [
+    "DECODERS",
+    "ENCODERS",
+    "MLP",
+    "ConvDecoder",
+    "ConvEncoder",
+]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -182,3 +188,11 @@ class ConvDecoder(nn.Module):
         batch = z.shape[:-1]
         y = self.fc(z.reshape(-1, self.latent_dim)).reshape(-1, *self.start)
         return self.net(y).reshape(*batch, *self.out_shape)
+
+
+ENCODERS: Mapping[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvEncoder}
+"""The encoders a config's ``[model.encoder]`` table names, each built as
+``cls(data_shape, num_outputs, **kw)``."""
+DECODERS: Mapping[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvDecoder}
+"""The decoders a config's ``[model.decoder]`` table names, each built as
+``cls(latent_dim, out_shape, **kw)``."""

@@ -11,7 +11,7 @@ per-dimension KL diagnostics).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import pyro.distributions as dist
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from pvae._checks import one_of, positive_float, positive_int
 
 __all__ = [
+    "PRIORS",
     "EqualMixture",
     "FlowPrior",
     "LearnedGaussian",
@@ -277,3 +278,14 @@ class StudentT(Prior):
     def forward(self) -> dist.TorchDistribution:
         df = self.df.expand(self.latent_dim)
         return dist.StudentT(df, self.loc, torch.ones_like(self.loc)).to_event(1)
+
+
+PRIORS: Mapping[str, type[Prior]] = {
+    "standard_normal": StandardNormal,
+    "learned_gaussian": LearnedGaussian,
+    "mog": MixtureOfGaussians,
+    "vamp": VampPrior,
+    "flow": FlowPrior,
+    "student_t": StudentT,
+}
+"""The priors a config's ``[model.prior]`` table names, each built as ``cls(latent_dim, **kw)``."""

@@ -24,15 +24,13 @@ from pvae.checkpoint import CheckpointError, check_state_matches, load_checkpoin
 from pvae.config import Config, build_vae, load_data
 from pvae.datasets import DataSplits, as_float, read_array_file
 from pvae.evaluation import ElboEstimate, LogPxEstimate, evaluate_elbo, log_px
-from pvae.rundir import CHECKPOINT, CONFIG, METRICS_CSV, TENSORBOARD, Evaluation, read_run_config
-from pvae.train import FitResult, fit, load_run_state, resolve_device
-from pvae.training.callbacks import Callback, CSVLogger, TensorBoardLogger
+from pvae.rundir import CHECKPOINT, CONFIG, Evaluation, read_run_config
+from pvae.training import FitResult, fit, load_run_state, resolve_device
+from pvae.training.callbacks import Callback, run_loggers
 from pvae.training.checkpointing import check_run_dir
 from pvae.training.runlock import check_not_locked
 
 __all__ = [
-    "METRICS_CSV",
-    "TENSORBOARD",
     "Run",
     "RunEvaluation",
     "evaluate_run",
@@ -101,44 +99,19 @@ def train_from_config(
             "or another --out"
         )
     check_run_dir(run_path, resume, main=main)
-    loggers: list[Callback] = []
-    if main and cfg.log.csv:
-        loggers.append(CSVLogger(run_path / METRICS_CSV))
-    if main and cfg.log.tensorboard:
-        loggers.append(TensorBoardLogger(run_path / TENSORBOARD))
+    loggers = run_loggers(cfg.log, run_path) if main else []
     data = data if data is not None else load_data(cfg.data)
-    t = cfg.train
-    pyro.set_rng_seed(t.seed)  # seeds the initial weights
+    pyro.set_rng_seed(cfg.train.seed)  # seeds the initial weights
     vae = build_vae(cfg.model, data.data_shape)
-    kwargs = dict(
-        objective=t.objective,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        optimizer=t.optimizer,
-        clip_norm=t.clip_norm,
-        beta=t.beta,
-        warmup_steps=t.warmup_steps,
-        free_bits=t.free_bits,
-        num_particles=t.num_particles,
-        vectorize_particles=t.vectorize_particles,
-        estimator=t.estimator,
-        fast=t.fast,
-        compile=t.compile,
-        seed=t.seed,
-        device=t.device,
-        progress=t.progress,
-        quiet=cfg.log.quiet,
-        log_every=cfg.log.every,
+    return fit(
+        vae,
+        data,
+        cfg.options,
         callbacks=[*loggers, *callbacks],
-        labels=bool(t.labels),
-        eval_batch_size=cfg.eval.batch_size,
-        curve_ks=cfg.eval.curve_ks,
-        curve_every=cfg.eval.curve_every,
-        curve_subset=cfg.eval.curve_subset,
+        run_dir=run_path,
+        resume=resume,
         config=cfg.to_dict(),
     )
-    return fit(vae, data, run_dir=run_path, resume=resume, **kwargs)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data: bool = True) -> Run:

@@ -193,10 +193,10 @@ def test_fit_and_the_config_compile_the_step(monkeypatch, float64, tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-9), key
 
     seen = {}
-    monkeypatch.setattr("pvae.runs.fit", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr("pvae.runs.fit", lambda vae, data, opts, **kw: seen.update(kw, o=opts))
     cfg = pvae.load_config(None, ["train.compile=true", "data.name=digits"])
     pvae.train_from_config(cfg, tmp_path / "run")
-    assert seen["compile"] is True
+    assert seen["o"].train.compile is True
 
 
 def test_compile_failure_falls_back_with_one_notice(monkeypatch, capsys):

@@ -268,3 +268,60 @@ def test_the_cli_trains_and_evaluates_a_users_module(user_module, tmp_path, caps
     res = json.loads(capsys.readouterr().out)
     assert res["diagnostics"]["units_by_site"] == {"z": 3}
     assert res["log_px"] >= res["elbo"] - 4 * res["elbo_se"]
+
+
+# -- a file and its --set overrides are validated as one ------------------------------------------
+def test_a_file_valid_only_with_its_overrides_loads(tmp_path):
+    path = tmp_path / "two.toml"
+    path.write_text("[model]\nlatent_dim = [100, 50]\n")
+    cfg = load_config(path, ["train.objective=elbo"])
+    assert cfg.model.latent_dim == [100, 50] and cfg.train.objective == "elbo"
+    with pytest.raises(ValueError, match="train.objective='meanfield_elbo' is biased"):
+        load_config(path)  # the file alone is refused, as before
+
+
+def test_an_invalid_merge_of_file_and_overrides_is_refused_by_key(tmp_path):
+    path = tmp_path / "two.toml"
+    path.write_text('[model]\nlatent_dim = [100, 50]\n[train]\nobjective = "elbo"\n')
+    assert load_config(path).train.objective == "elbo"
+    with pytest.raises(ValueError, match="train.objective='meanfield_elbo' is biased"):
+        load_config(path, ["train.objective=meanfield_elbo"])
+    with pytest.raises(ValueError, match="train.epochs must be a positive integer, got 0"):
+        load_config(path, ["train.epochs=0"])
+    path.write_text('[model.prior]\nname = "mog"\nn_components = 3\n')
+    cfg = load_config(path, ["model.prior.name=vamp"])  # the file's mog arguments are dropped
+    assert cfg.model.prior == {"name": "vamp"}
+
+
+# -- one options object: the TOML tables are fit's options ----------------------------------------
+def test_the_config_sections_are_fits_options_with_one_set_of_defaults():
+    from pvae.options import FitOptions
+
+    cfg = Config()
+    assert cfg.options == FitOptions()
+    assert FitOptions().train.epochs == 200 and FitOptions().eval.curve_ks == [5, 500]
+    opts = cfg.options.replace(epochs=3, eval_batch_size=7, log_every=0, quiet=True)
+    assert (opts.train.epochs, opts.eval.batch_size, opts.log.every, opts.log.quiet) == (
+        3,
+        7,
+        0,
+        True,
+    )
+    assert cfg.train.epochs == 200  # replace copies
+
+
+def test_fit_refuses_an_unknown_keyword_listing_the_valid_ones():
+    vae = pvae.VAE(pvae.priors.StandardNormal(2))
+    with pytest.raises(TypeError, match=r"unknown option 'epoch' .*valid: .*curve_ks, .*epochs"):
+        pvae.fit(vae, [[0.0, 1.0]], epoch=3)
+    with pytest.raises(TypeError, match="options must be a pvae.options.FitOptions"):
+        pvae.fit(vae, [[0.0, 1.0]], {"epochs": 3})
+
+
+def test_fit_takes_a_configs_options(tmp_path):
+    cfg = load_config(None, ["train.epochs=2", "train.batch_size=8", "log.quiet=true"])
+    x = [[0.0, 1.0, 1.0]] * 16
+    res = pvae.fit(pvae.VAE(pvae.priors.StandardNormal(2), hidden=(4,)), x, cfg.options)
+    assert [r["epoch"] for r in res.history] == [1, 2] and res.final["step"] == 4
+    res = pvae.fit(pvae.VAE(pvae.priors.StandardNormal(2), hidden=(4,)), x, cfg.options, epochs=1)
+    assert len(res.history) == 1

@@ -28,7 +28,7 @@ from test_compile import assert_same, loss_and_grads  # the CPU tests' compariso
 
 import pvae
 from pvae.objectives.fused import CompiledObjective, FusedObjective
-from pvae.train import drop_timings
+from pvae.training import drop_timings
 from pvae.training.step import StepOptions, TrainStep
 
 DEVICE = torch.device(os.environ.get("PVAE_TEST_CUDA_DEVICE", "cuda"))

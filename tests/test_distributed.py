@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pvae.train import drop_timings
+from pvae.training import drop_timings
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "ddp_worker.py"

@@ -15,7 +15,7 @@ import torch
 import pvae
 from pvae.checkpoint import CheckpointError, load_checkpoint
 from pvae.cli import main
-from pvae.train import drop_timings
+from pvae.training import drop_timings
 
 QUICK = ["--set", "model.latent_dim=3", "--set", "train.device=cpu", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,7 +13,7 @@ from torch.distributions import constraints
 
 import pvae
 from pvae.datasets import DataSplits, Split
-from pvae.train import drop_timings
+from pvae.training import drop_timings
 
 D, Z = 6, 4  # data and first-latent dimensions
 
@@ -138,7 +138,7 @@ def test_run_folder_holds_checkpoint_metrics_and_curves(tmp_path):
     assert res.final["val_iwae_10"] >= res.final["val_iwae_2"] - 1.0
     assert 0.0 <= res.final["val_log_px_khat_frac"] <= 1.0  # how far val_log_px can be trusted
     loaded = new_module(seed=1)
-    ckpt = pvae.train.load_run_state(tmp_path / "r", loaded)
+    ckpt = pvae.training.load_run_state(tmp_path / "r", loaded)
     assert ckpt["epoch"] == 2 and ckpt["data_shape"] == [D]
     states_equal(loaded.state_dict(), res.vae.state_dict())
 

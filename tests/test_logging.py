@@ -12,8 +12,7 @@ import torch
 
 import pvae
 from pvae.config import Config, load_config
-from pvae.train import TIMING_KEYS, drop_timings
-from pvae.training import Callback, CSVLogger, TensorBoardLogger
+from pvae.training import TIMING_KEYS, Callback, CSVLogger, TensorBoardLogger, drop_timings
 from pvae.training.progress import Progress, summary_table, task_progress
 
 

@@ -8,7 +8,7 @@ import torch
 import pvae
 from pvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pvae.config import Config
-from pvae.train import drop_timings
+from pvae.training import drop_timings
 
 
 def quick_config(**train):
@@ -206,7 +206,7 @@ def test_checkpoint_with_code_is_refused_and_foreign_files_are_not_checkpoints(t
 def test_checkpoint_from_another_model_is_rejected(trained_run, tmp_path):
     other = pvae.VAE(pvae.priors.StandardNormal(7), data_shape=(1, 8, 8))
     with pytest.raises(CheckpointError, match="from another model: .*shape mismatch"):
-        pvae.train.load_run_state(trained_run, other)
+        pvae.training.load_run_state(trained_run, other)
     cfg = (trained_run / "config.toml").read_text().replace("latent_dim = 4", "latent_dim = 5")
     (trained_run / "config.toml").write_text(cfg)
     with pytest.raises(CheckpointError, match="from another model"):

@@ -10,8 +10,11 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import pvae
-from pvae.config import GUIDES, LIKELIHOODS, PRIORS, Config, build_vae
-from pvae.train import kl_weight
+from pvae.config import Config, build_vae
+from pvae.guides import GUIDES
+from pvae.likelihoods import LIKELIHOODS
+from pvae.priors import PRIORS
+from pvae.training import kl_weight
 
 PRIOR_KW = {
     "standard_normal": {},

@@ -30,7 +30,7 @@ from pvae.cli import ais, bounds, compare, evaluate, plot, sample, train
 from pvae.cli.common import fail
 from pvae.cli.plot import PLOTS
 from pvae.datasets import DataUnavailableError
-from pvae.train import TrainingDivergedError
+from pvae.training import TrainingDivergedError
 
 __all__ = ["COMMANDS", "PLOTS", "build_parser", "main"]
 

@@ -1,5 +1,8 @@
-"""The parts :func:`pvae.fit` is built from, each in its own place.
+"""Training: :func:`fit` and the parts it is built from, each in its own place.
 
+* :mod:`~pvae.training.fitting`: :func:`fit` itself (setup, the loop, the end), its
+  :class:`FitResult`. Its options are :class:`pvae.options.FitOptions`, the ``[train]``,
+  ``[eval]`` and ``[log]`` tables of a config.
 * :mod:`~pvae.training.setup`: before the first step: the splits, the device, the module built
   for and checked against the data.
 * :mod:`~pvae.training.step`: the minibatch loss (fused fast path or Pyro's ELBO on the traces),
@@ -19,6 +22,29 @@ datapoint-local latent sites sit inside ``pyro.plate("data", x.shape[0])``; what
 picture grids) is used where the module has it.
 """
 
+from pvae.checkpoint import CheckpointError
+from pvae.options import FitOptions
 from pvae.training.callbacks import Callback, CSVLogger, TensorBoardLogger
+from pvae.training.checkpointing import CHECKPOINT, CONFIG, load_run_state
+from pvae.training.divergence import TrainingDivergedError
+from pvae.training.fitting import TIMING_KEYS, FitResult, drop_timings, fit
+from pvae.training.setup import resolve_device
+from pvae.training.step import kl_weight
 
-__all__ = ["CSVLogger", "Callback", "TensorBoardLogger"]
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "TIMING_KEYS",
+    "CSVLogger",
+    "Callback",
+    "CheckpointError",
+    "FitOptions",
+    "FitResult",
+    "TensorBoardLogger",
+    "TrainingDivergedError",
+    "drop_timings",
+    "fit",
+    "kl_weight",
+    "load_run_state",
+    "resolve_device",
+]

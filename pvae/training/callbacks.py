@@ -10,7 +10,7 @@ subclass overrides as it needs:
   ``config`` (the run's configuration, if any) and ``main`` (whether this process is the one
   that writes: rank 0 of a distributed job, or the only process).
 * ``on_epoch_end(record)``: after each epoch's checkpoint is on disk, with the epoch's record
-  (the dict appended to :attr:`pvae.train.FitResult.history`).
+  (the dict appended to :attr:`pvae.training.FitResult.history`).
 * ``on_train_end(history)``: once, however training ends (finished, interrupted, diverged, or a
   callback raised), with the records of every epoch done; a logger closes its files here.
 
@@ -45,8 +45,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from pvae.files import atomic_write_bytes
+from pvae.options import LogOptions
+from pvae.rundir import METRICS_CSV, TENSORBOARD
 
-__all__ = ["CSVLogger", "Callback", "TensorBoardLogger", "TrainInfo"]
+__all__ = ["CSVLogger", "Callback", "TensorBoardLogger", "TrainInfo", "run_loggers"]
 
 
 class TrainInfo(TypedDict):
@@ -219,3 +221,16 @@ class TensorBoardLogger(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def run_loggers(log: LogOptions, run_dir: str | Path) -> list[Callback]:
+    """The loggers ``[log]`` turns on for a run folder: :class:`CSVLogger` into
+    ``metrics.csv`` (``log.csv``) and :class:`TensorBoardLogger` into ``tensorboard/``
+    (``log.tensorboard``; raises ``ModuleNotFoundError`` at once without the package)."""
+    run_path = Path(run_dir)
+    out: list[Callback] = []
+    if log.csv:
+        out.append(CSVLogger(run_path / METRICS_CSV))
+    if log.tensorboard:
+        out.append(TensorBoardLogger(run_path / TENSORBOARD))
+    return out

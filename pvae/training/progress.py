@@ -306,7 +306,7 @@ def summary_table(record: Mapping[str, Any]) -> str:
     shown under their own names.
 
     Args:
-        record: The last epoch's record (:attr:`pvae.train.FitResult.final`), optionally with
+        record: The last epoch's record (:attr:`pvae.training.FitResult.final`), optionally with
             ``run``.
 
     Example:

@@ -19,26 +19,25 @@ part (see :func:`fit_context`). β, warm-up and free bits are attributes of a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.optim.clipped_adam
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Optimizer
 
 from pvae import distributed as D
-from pvae._checks import lookup, positive_float
 from pvae.datasets import Split
-from pvae.model import VAE
 from pvae.objectives import fused, make_objective
+from pvae.optimizers import OPTIMIZERS, make_optimizer
+from pvae.options import TrainOptions
 from pvae.program import as_program, param_sites
 from pvae.traces import closed_form_blockers, inspect_pair
 from pvae.training.divergence import raise_if_diverged
@@ -59,6 +58,7 @@ __all__ = [
     "make_loss",
     "make_optimizer",
     "run_epoch",
+    "vae_like",
 ]
 
 LossFn = Callable[[Tensor, Tensor, int], Tensor]
@@ -67,45 +67,29 @@ of ``N`` datapoints), differentiable."""
 
 
 @dataclass
-class StepOptions:
-    """How each step computes its loss and updates the parameters (see :func:`pvae.fit`).
+class StepOptions(TrainOptions):
+    """The ``[train]`` options (:class:`~pvae.options.TrainOptions`, whose defaults and
+    documentation these are), checked on construction, with ``elbo``, the Pyro objective the
+    first four name. :meth:`of` derives them from a :class:`~pvae.options.TrainOptions`.
 
-    Checked on construction; ``elbo`` is the Pyro objective built from the first four fields.
     ``compile`` runs the fused objective through :func:`torch.compile`
     (:class:`~pvae.objectives.fused.CompiledObjective`; CUDA graphs on a GPU); it applies to a
     standard :class:`~pvae.VAE` on the fused path and falls back to eager, with a one-line
     notice, elsewhere.
     """
 
-    objective: str | pyro.infer.ELBO = "meanfield_elbo"
-    num_particles: int = 1
-    vectorize_particles: bool = False
-    estimator: str = "reparam"
-    fast: bool = True
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    clip_norm: float | None = None
-    beta: float = 1.0
-    warmup_steps: int = 0
-    free_bits: float = 0.0
-    compile: bool = False
-    elbo: pyro.infer.ELBO = field(init=False, repr=False)
+    elbo: pyro.infer.ELBO = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.lr = positive_float("lr", self.lr)
-        if self.clip_norm is not None:
-            self.clip_norm = positive_float("clip_norm", self.clip_norm)
-        lookup("optimizer", OPTIMIZERS, self.optimizer)
+        self.check()
         self.elbo = make_objective(
             self.objective, self.num_particles, self.vectorize_particles, self.estimator
         )
-        self.beta = positive_float("beta", self.beta, allow_zero=True)
-        self.free_bits = positive_float("free_bits", self.free_bits, allow_zero=True)
-        if not isinstance(self.compile, bool):
-            raise TypeError(f"compile must be True or False, got {self.compile!r}")
-        w = self.warmup_steps
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {w!r}")
+
+    @classmethod
+    def of(cls, options: TrainOptions) -> StepOptions:
+        """``options`` as step options (checked, the objective built)."""
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TrainOptions)})
 
     def check_applies_to(self, module: nn.Module) -> None:
         """Refuse β, warm-up and free bits for a module that has no KL weight to set."""
@@ -124,6 +108,15 @@ class StepOptions:
                 )
 
 
+def vae_like(module: object) -> bool:
+    """Whether ``module`` has a :class:`~pvae.VAE`'s one-latent structure: an encoder
+    (``encode(x)``, q(z | x)) and a ``prior``. Such a module (a VAE, or a subclass of one) runs
+    its ``"data"`` plate over the whole dataset (``model(x, size=N, subsample=idx)``), trains on
+    the fused path where :func:`pvae.objectives.fused.supports` says so, else through Pyro with
+    that plate, and its guide is mean-field by construction."""
+    return callable(getattr(module, "encode", None)) and hasattr(module, "prior")
+
+
 def kl_weighted(module: nn.Module) -> bool:
     """Whether ``module`` takes β and free bits as attributes (as :class:`~pvae.VAE` does)."""
     return hasattr(module, "beta") and hasattr(module, "free_bits")
@@ -132,33 +125,6 @@ def kl_weighted(module: nn.Module) -> bool:
 def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
     """β at 0-based ``step``: linear warm-up from β/warmup_steps to β, then constant."""
     return beta * min(1.0, (step + 1) / warmup_steps) if warmup_steps else beta
-
-
-def _adam(params: Iterable[nn.Parameter], lr: float, clip_norm: float | None) -> Optimizer:
-    return torch.optim.Adam(params, lr=lr)  # clip_norm: the global norm, clipped by TrainStep
-
-
-def _clipped_adam(params: Iterable[nn.Parameter], lr: float, clip_norm: float | None) -> Optimizer:
-    # Pyro's ClippedAdam clips each gradient elementwise to [-clip_norm, clip_norm].
-    return pyro.optim.clipped_adam.ClippedAdam(params, lr=lr, clip_norm=clip_norm or 10.0)
-
-
-OPTIMIZERS: Mapping[str, Callable[..., Optimizer]] = {"adam": _adam, "clipped_adam": _clipped_adam}
-
-
-def make_optimizer(
-    name: str, params: Iterable[nn.Parameter], lr: float, clip_norm: float | None
-) -> Optimizer:
-    """The optimizer called ``name`` in :data:`OPTIMIZERS` over ``params``.
-
-    Args:
-        name: ``"adam"`` (:class:`torch.optim.Adam`) or ``"clipped_adam"`` (Pyro's ClippedAdam).
-        params: The parameters to optimize.
-        lr: Learning rate.
-        clip_norm: ClippedAdam's elementwise clip value (10 by default); Adam ignores it (the
-            step clips the global gradient norm instead).
-    """
-    return lookup("optimizer", OPTIMIZERS, name)(params, lr, clip_norm)
 
 
 def make_loss(
@@ -186,7 +152,7 @@ def make_loss(
         return lambda x, idx, n: (
             elbo.differentiable_loss(module.model, module.guide, x, y=labels[idx]) / x.shape[0]
         )
-    if not isinstance(module, VAE):
+    if not vae_like(module):
         if opts.compile:
             say(
                 f"compile applies to a standard pvae.VAE on the fused path; a "
@@ -235,14 +201,15 @@ class CompiledLoss:
 def notice_monte_carlo_kl(module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor) -> None:
     """One notice when ``TraceMeanField_ELBO`` must fall back to the Monte Carlo KL for a VAE's
     guide/prior pair."""
-    if not isinstance(module, VAE) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
+    if not vae_like(module) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
         return
     with torch.no_grad():
         try:
             torch.distributions.kl_divergence(module.encode(x), module.prior())
         except NotImplementedError:
+            guide = type(getattr(module, "encoder", None)).__name__
             print(
-                f"pvae: note: no closed-form KL between the {type(module.encoder).__name__} "
+                f"pvae: note: no closed-form KL between the {guide} "
                 f"guide and the {type(module.prior).__name__} prior; meanfield_elbo uses the "
                 "Monte Carlo KL estimate (Pyro's fallback) for it",
                 file=sys.stderr,
@@ -270,7 +237,7 @@ def check_mean_field(
     """Refuse ``TraceMeanField_ELBO`` for a guide that is not mean-field with respect to the
     model: its closed-form KL would then be biased (:func:`pvae.traces.closed_form_blockers`),
     and Pyro only warns."""
-    if isinstance(module, VAE) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
+    if vae_like(module) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
         return
     with param_sites(False), pyro.get_param_store().scope():
         _, model_trace, guide_trace = inspect_pair(as_program(module), (x,), kwargs or {})

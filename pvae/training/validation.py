@@ -8,6 +8,7 @@ ELBO, whatever β or free bits the training objective used.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from pvae import distributed as D
-from pvae._checks import positive_int
 from pvae.datasets import Split
 from pvae.evaluation.bounds import bounds
 from pvae.evaluation.elbo import ElboEstimate, evaluate_elbo
+from pvae.options import EvalOptions
 from pvae.rundir import CURVES, RECONSTRUCTIONS, SAMPLES
 from pvae.training.step import fit_context
 
@@ -34,26 +35,20 @@ __all__ = [
 
 
 @dataclass
-class ValidationOptions:
-    """What is evaluated on the validation split (see :func:`pvae.fit`).
-
-    Attributes:
-        batch_size: Datapoints per chunk of the validation ELBO.
-        curve_ks: The k of the IWAE_k curve points; empty: no curves.
-        curve_every: Epochs between curve points.
-        curve_subset: Validation datapoints the curve points use (the first ones).
-    """
-
-    batch_size: int = 1024
-    curve_ks: Sequence[int] = ()
-    curve_every: int = 10
-    curve_subset: int = 256
+class ValidationOptions(EvalOptions):
+    """What is evaluated on the validation split: the ``[eval]`` options
+    (:class:`~pvae.options.EvalOptions`, whose defaults and documentation these are), checked on
+    construction, with ``curve_ks`` as a tuple. :meth:`of` derives them from an
+    :class:`~pvae.options.EvalOptions`."""
 
     def __post_init__(self) -> None:
-        self.curve_ks = tuple(positive_int("curve_ks", k) for k in self.curve_ks)
-        self.curve_every = positive_int("curve_every", self.curve_every)
-        self.curve_subset = positive_int("curve_subset", self.curve_subset)
-        self.batch_size = positive_int("eval_batch_size", self.batch_size)
+        self.check()
+        self.curve_ks = tuple(self.curve_ks)
+
+    @classmethod
+    def of(cls, options: EvalOptions) -> ValidationOptions:
+        """``options`` as validation options (checked)."""
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(EvalOptions)})
 
     def curves_at(self, epoch: int) -> bool:
         """Whether ``epoch`` records curve points: a schedule of the epoch number alone, so a
