@@ -9,6 +9,8 @@ A run folder (``pvae train --out RUN``) holds::
     RUN/tensorboard/         TensorBoard scalars ([log] tensorboard)
     RUN/curves.png           training curves; reconstructions.png and samples.png for a VAE
     RUN/evaluation/<split>.npz   stored per-datapoint evaluations (pvae evaluate)
+    RUN/<what>.png           pvae plot's figures (without --out)
+    RUN/samples-<n>-seed<s>.png  pvae sample's grids (without --out)
     RUN/.lock                the live writer's lock (pvae.training.runlock)
 
 and ``pvae train --seeds 0 1 2 --out OUT`` writes one such folder per seed, ``OUT/seed-0``...
@@ -25,6 +27,8 @@ import hashlib
 import io
 import json
 import re
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +104,8 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
     """A run's per-epoch records: ``metrics.json``, else the checkpoint's history.
 
     Raises:
-        ValueError: unreadable JSON, or no completed epoch.
+        ValueError: unreadable JSON, not a list of per-epoch records (JSON objects of numbers),
+            or no completed epoch.
         CheckpointError: no ``metrics.json`` and the checkpoint is missing or unreadable.
     """
     run_dir = Path(run_dir)
@@ -112,9 +117,27 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
             raise ValueError(f"{path} is not readable JSON ({err})") from None
     else:
         history = load_checkpoint(run_dir / CHECKPOINT)["history"]
+        path = run_dir / CHECKPOINT
     if not isinstance(history, list) or not history:
         raise ValueError(f"run {str(run_dir)!r} has no completed epoch in {path.name}")
+    for i, record in enumerate(history):
+        _check_record(path, i, record)
     return history
+
+
+def _check_record(path: Path, i: int, record: Any) -> None:
+    """One per-epoch record: an object of numbers (``null`` where a value is missing)."""
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{path} is not a pvae history: entry {i} is {json.dumps(record)[:60]}, expected an "
+            'object of per-epoch metrics such as {"epoch": 1, "train_elbo": -90.1}'
+        )
+    for key, value in record.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(
+                f"{path} is not a pvae history: entry {i} has {key!r} = {value!r}, expected a "
+                "number"
+            )
 
 
 def find_runs(runs: Sequence[str | Path]) -> list[Path]:
@@ -348,6 +371,30 @@ def save_evaluation(
     return path
 
 
+# The header's entries: name → (a check, what it must be).
+_HEADER = {
+    "n": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer ≥ 0"),
+    "split": (lambda v: isinstance(v, str), "a string"),
+    "fingerprint": (lambda v: isinstance(v, str), "a string"),
+    "epoch": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an int"),
+    "k": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an int"),
+    "meta": (lambda v: isinstance(v, dict), "an object"),
+}
+_OPTIONAL_HEADER = {"epoch": None, "k": None, "meta": {}}
+
+
+def _check_header(path: Path, header: dict[str, Any], again: str) -> None:
+    for name, (ok, expected) in _HEADER.items():
+        if name not in header and name in _OPTIONAL_HEADER:
+            continue
+        if name not in header:
+            raise ValueError(f"{path}: its header lacks {name!r}; {again}")
+        if not ok(header[name]):
+            raise ValueError(
+                f"{path}: its header's {name!r} must be {expected}, got {header[name]!r}; {again}"
+            )
+
+
 def load_evaluation(run_dir: str | Path, split: str = "test") -> Evaluation:
     """Read ``RUN/evaluation/<split>.npz`` written by :func:`save_evaluation`.
 
@@ -361,15 +408,25 @@ def load_evaluation(run_dir: str | Path, split: str = "test") -> Evaluation:
             f"run {str(run_dir)!r} has no stored evaluation of its {split} split ({path} is "
             f"missing); write it with: pvae evaluate {run_dir} --split {split}"
         )
+    again = f"write it again with: pvae evaluate {run_dir} --split {split}"
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as f:
             stored = {name: f[name] for name in f.files}
         header = json.loads(str(stored.pop("header")))
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"{path} is not a readable pvae evaluation ({type(err).__name__}: {err}); write it "
-            f"again with: pvae evaluate {run_dir} --split {split}"
-        ) from None
+    except (
+        ValueError,  # also json.JSONDecodeError; numpy's "allow_pickle" advice is not passed on
+        OSError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,  # a truncated or corrupt file
+        zlib.error,
+    ) as err:
+        reason = (
+            "it holds pickled objects, which pvae never loads"
+            if "pickle" in str(err)
+            else f"{type(err).__name__}: {err}"
+        )
+        raise ValueError(f"{path} is not a readable pvae evaluation ({reason}); {again}") from None
     if not isinstance(header, dict) or header.get("format") != EVALUATION_FORMAT:
         raise ValueError(f"{path} is not a pvae evaluation (expected format {EVALUATION_FORMAT!r})")
     if not isinstance(header.get("version"), int) or header["version"] > EVALUATION_VERSION:
@@ -377,6 +434,7 @@ def load_evaluation(run_dir: str | Path, split: str = "test") -> Evaluation:
             f"{path} has version {header.get('version')!r}; this pvae reads versions up to "
             f"{EVALUATION_VERSION}"
         )
+    _check_header(path, header, again)
     n = header["n"]
     for name, a in stored.items():
         if a.shape != (n,):

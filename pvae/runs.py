@@ -6,7 +6,9 @@ exactly as it was trained (:func:`load_run`), and evaluate it (:func:`evaluate_r
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,7 +21,7 @@ from torch import nn
 
 from pvae import diagnostics
 from pvae import distributed as D
-from pvae._checks import positive_int
+from pvae._checks import positive_float, positive_int
 from pvae.checkpoint import CheckpointError, check_state_matches, load_checkpoint
 from pvae.config import Config, build_vae, load_data
 from pvae.datasets import DataSplits, as_float, read_array_file
@@ -114,14 +116,25 @@ def train_from_config(
     )
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data: bool = True) -> Run:
+def load_run(
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    data: bool = True,
+    quiet: bool = False,
+) -> Run:
     """Rebuild the model, data and checkpoint of a run folder written by ``pvae train``.
+
+    A run whose config names ``model.class`` imports that module, from ``sys.path`` as it is
+    now (the ``pvae`` command puts the current directory first): a line on stderr says which
+    file, unless ``quiet``.
 
     Args:
         run_dir: The run folder.
         device: Where to put the model.
         data: Also load the data the config names; without it (drawing from the prior needs no
             data) ``Run.data`` is ``None`` and the model is built for the checkpoint's data shape.
+        quiet: No line on stderr naming the ``model.class`` module imported.
 
     Raises:
         CheckpointError: the checkpoint is missing, corrupt, or does not fit the config's model.
@@ -129,6 +142,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data: b
     run_path = Path(run_dir)
     cfg = read_run_config(run_path)
     dev = resolve_device(device)
+    if cfg.model.class_ is not None and not quiet:
+        _announce_import(cfg.model.class_)
     splits = load_data(cfg.data) if data else None
     if splits is not None:
         vae = build_vae(cfg.model, splits.data_shape)
@@ -149,6 +164,20 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, data: b
         )
     vae.to(dev).eval()
     return Run(run_path, cfg, vae, splits, ckpt)
+
+
+def _announce_import(class_path: str) -> None:
+    """Say on stderr which file ``model.class``'s module is imported from (resolved as the
+    import will resolve it; nothing is said where it cannot be found: the import says why)."""
+    module = class_path.partition(":")[0]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return
+    if spec is None:
+        return
+    where = spec.origin if spec.has_location and spec.origin else "a namespace package"
+    print(f"pvae: importing model.class {module} from {where}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -191,6 +220,7 @@ def evaluate_run(
     store: bool = True,
     progress: Callable[[int, int], None] | None = None,
     on_store_error: Callable[[OSError], None] | None = None,
+    quiet: bool = False,
 ) -> RunEvaluation:
     """Evaluate a run folder's model on one split of its data (``pvae evaluate RUN``): the
     ELBO, log p(x), the weight and latent diagnostics, stored per datapoint for
@@ -221,19 +251,27 @@ def evaluate_run(
         progress: Called as ``progress(done, total)`` while log p(x) draws.
         on_store_error: Called with the error when writing the values fails (the report then
             says ``stored: None``); by default the error is raised.
+        quiet: No line on stderr naming the ``model.class`` module imported (:func:`load_run`).
 
     Returns:
         A :class:`RunEvaluation`.
     """
     if data is None and split not in ("train", "val", "test"):
         raise ValueError(f"split must be one of 'train', 'val', 'test', got {split!r}")
-    run = load_run(run_dir, device=device, data=data is None)
+    if k is not None:
+        _checked_k(k)
+    if max_k is not None:
+        positive_int("max_k", max_k)
+    if target_se is not None:
+        positive_float("target_se", target_se)
+    run = load_run(run_dir, device=device, data=data is None, quiet=quiet)
     if data is not None:
         x, split = _external(data, run).to(run.device), f"file:{data}"
     else:
         pyro.set_rng_seed(seed)  # a dynamically binarized split: the same draw every time
         x = run.data.split(split).to(run.device).observed()
     k = _checked_k(run.config.eval.k if k is None else k)
+    _check_adaptive(k, max_k, target_se)
     cfg = run.config.eval
     num_samples = positive_int(
         "num_samples", cfg.num_samples if num_samples is None else num_samples
@@ -277,6 +315,19 @@ def _checked_k(k: Any) -> int:
     if k < 0:
         raise ValueError(f"k must be a positive integer (or 0 to skip log p(x)), got {k}")
     return k
+
+
+def _check_adaptive(k: int, max_k: int | None, target_se: float | None) -> None:
+    """The adaptive mode draws more than ``k``: it needs log p(x) (``k`` > 0), and ``max_k``
+    at least ``k``."""
+    asked = [f"{n}={v}" for n, v in (("max_k", max_k), ("target_se", target_se)) if v is not None]
+    if k == 0 and asked:
+        raise ValueError(
+            f"{' and '.join(asked)} ask for an adaptive log p(x), which k=0 skips: give k ≥ 1 "
+            "or leave them out"
+        )
+    if max_k is not None and max_k < k:
+        raise ValueError(f"max_k must be at least k={k}, got max_k={max_k}")
 
 
 def _log_px_report(est: LogPxEstimate) -> dict[str, Any]:

@@ -12,7 +12,8 @@ Examples::
     pvae bounds runs/a --ais-steps 500 --bdmc 100     # ... with AIS and a BDMC sandwich
     pvae ais runs/a --steps 1000 --chains 16 --subset 500 --bdmc 100
     pvae compare runs/b/seed-* runs/c/seed-* --plot curves.png
-    pvae sample runs/a -n 64 --out samples.png
+    pvae sample runs/a -n 64                          # runs/a/samples-64-seed0.png
+    pvae sample runs/a -n 10000 --npy samples.npy     # the samples as an array file
     pvae plot runs/a --what traversals   # also manifold, samples, recon, curves, kl, khat,
                                          # scatter, interpolation
 """

@@ -8,8 +8,8 @@ import math
 import sys
 from typing import Any
 
-from pvae._checks import positive_int
-from pvae.cli.common import Phases, is_main, num, sharded
+from pvae._checks import positive_float, positive_int
+from pvae.cli.common import DEVICE_HELP, QUIET_HELP, Phases, is_main, num, sharded
 from pvae.files import dumps
 from pvae.runs import RunEvaluation, evaluate_run
 
@@ -19,8 +19,13 @@ __all__ = ["add_parser", "print_report", "run"]
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``pvae evaluate``; it runs :func:`run`."""
     e = subparsers.add_parser("evaluate", help="ELBO and log p(x) of a trained run on a split")
-    e.add_argument("run")
-    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("run", help="the run folder (pvae train --out RUN)")
+    e.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="the split of the run's data to score (default test)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument(
         "--data",
@@ -40,17 +45,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="adaptive log p(x): double the draws of datapoints with k̂ ≥ 0.7 (or s.e. above "
-        "--target-se) up to this many",
+        "--target-se) up to this many (not with --k 0)",
     )
     e.add_argument(
         "--target-se",
         type=float,
         default=None,
-        help="adaptive log p(x): also draw until each datapoint's s.e. is at most this (nats)",
+        help="adaptive log p(x): also draw until each datapoint's s.e. is at most this (nats; "
+        "not with --k 0)",
     )
-    e.add_argument("--device", default="auto")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
+    e.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws (default 0)")
+    e.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     e.add_argument(
         "--no-store",
         action="store_true",
@@ -62,10 +68,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """``pvae evaluate``: evaluate (and store) the run, then print the report."""
-    if args.k is not None and args.k < 0:
-        raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {args.k}")
-    if args.num_samples is not None:
-        positive_int("--num-samples", args.num_samples)
+    _check_args(args)
     # On stderr: minutes of silence read as a hang (one process: a sharded run's total is its
     # own share).
     with Phases([("log p(x)", "draws")], show=not sharded() and not args.quiet) as tick:
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             store=not args.no_store,
             progress=tick,
             on_store_error=_warn_not_stored,
+            quiet=args.quiet,
         )
     if not is_main():
         return 0
@@ -90,6 +94,31 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_report(result)
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument, before the run is loaded: counts positive, no adaptive mode without
+    log p(x) (``--max-k`` against the run's ``eval.k``: :func:`~pvae.runs.evaluate_run`, before
+    any draw)."""
+    if args.k is not None and args.k < 0:
+        raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {args.k}")
+    if args.num_samples is not None:
+        positive_int("--num-samples", args.num_samples)
+    if args.max_k is not None:
+        positive_int("--max-k", args.max_k)
+    if args.target_se is not None:
+        positive_float("--target-se", args.target_se)
+    adaptive = [
+        f"{name} {value}"
+        for name, value in (("--max-k", args.max_k), ("--target-se", args.target_se))
+        if value is not None
+    ]
+    if args.k == 0 and adaptive:
+        verb = "asks" if len(adaptive) == 1 else "ask"
+        raise ValueError(
+            f"{' and '.join(adaptive)} {verb} for an adaptive log p(x), which --k 0 skips: "
+            "give --k N (N ≥ 1) or leave out the adaptive options"
+        )
 
 
 def _warn_not_stored(err: OSError) -> None:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pyro
 
 from pvae import diagnostics
-from pvae._checks import figure_path, positive_int
+from pvae._checks import positive_int
+from pvae.cli.common import DEVICE_HELP, FIGURE_HELP, MAX_PIXELS, check_pixels, figure_file
 from pvae.evaluation import log_px
 from pvae.runs import load_run
 
-__all__ = ["PLOTS", "add_parser", "run"]
+__all__ = ["NEEDS", "PLOTS", "add_parser", "available", "run"]
 
 PLOTS = (
     "manifold",
@@ -29,15 +31,46 @@ PLOTS = (
 )
 
 
+_VAE = ("encode", "decode", "prior")  # a one-layer VAE's latent space
+# What each figure needs of the run's model (callable methods) and whether it shows images.
+NEEDS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "manifold": (_VAE, True),
+    "samples": (("sample",), True),
+    "recon": (("reconstruct",), True),
+    "curves": ((), False),
+    "kl": (_VAE, False),
+    "khat": ((), False),
+    "scatter": (_VAE, False),
+    "traversals": (_VAE, True),
+    "interpolation": (_VAE, True),
+}
+# The largest figure drawn without --size (an image grid's cap, in inches): what --dpi alone is
+# checked against.
+LARGEST_FIGURE = (7.0, 9.0)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``pvae plot``; it runs :func:`run`."""
     pl = subparsers.add_parser("plot", help="draw a figure of a trained run")
-    pl.add_argument("run")
-    pl.add_argument("--what", required=True, choices=PLOTS)
-    pl.add_argument("--out", help="PNG or PDF path (default RUN/<what>.png)")
+    pl.add_argument("run", help="the run folder (pvae train --out RUN)")
+    pl.add_argument(
+        "--what",
+        required=True,
+        choices=PLOTS,
+        help="the figure (those the run's model cannot draw are refused, naming the others)",
+    )
+    pl.add_argument("--out", metavar="FILE", help=f"{FIGURE_HELP} (default RUN/<what>.png)")
     pl.add_argument("--k", type=int, default=1000, help="importance samples for --what khat")
-    pl.add_argument("--size", type=float, nargs=2, metavar=("W", "H"), help="figure size in inches")
-    pl.add_argument("--dpi", type=int, default=None, help="resolution (default 150)")
+    pl.add_argument(
+        "--size",
+        type=float,
+        nargs=2,
+        metavar=("W", "H"),
+        help=f"figure size in inches (W × H × dpi² at most {MAX_PIXELS // 1_000_000} megapixels)",
+    )
+    pl.add_argument(
+        "--dpi", type=int, default=None, help="resolution in dots per inch (default 150)"
+    )
     pl.add_argument(
         "--index",
         type=int,
@@ -62,32 +95,65 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--dims", type=int, default=None, help="traversals: only the N largest-KL dimensions"
     )
     pl.add_argument("--steps", type=int, default=10, help="interpolation: points on the line")
-    pl.add_argument("--device", default="auto")
-    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--device", default="auto", help=DEVICE_HELP)
+    pl.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
     pl.set_defaults(func=run)
     return pl
 
 
-def _needs_vae(module: object, what: str) -> None:
-    """The picture grids read a one-layer VAE's encoder, decoder and prior."""
-    if not all(callable(getattr(module, name, None)) for name in ("encode", "decode", "prior")):
-        raise ValueError(
-            f"{what} draws a one-layer pvae.VAE's latent space; this run trains a "
-            f"{type(module).__name__} (available: pvae plot --what curves|khat|samples|recon)"
-        )
+def available(module: object, data_shape: Sequence[int] | None) -> tuple[str, ...]:
+    """The figures of :data:`PLOTS` that ``module`` (on datapoints of ``data_shape``) can draw."""
+    from pvae.plotting import is_image_shape
+
+    images = is_image_shape(data_shape)
+    return tuple(
+        what
+        for what, (methods, needs_images) in NEEDS.items()
+        if all(callable(getattr(module, m, None)) for m in methods) and (images or not needs_images)
+    )
+
+
+def _check_args(args: argparse.Namespace) -> Path | None:
+    """Every argument, before the run is loaded: the figure file, the pixel count, the counts."""
+    from pvae.plotting import DPI
+
+    out = figure_file("--out", args.out) if args.out else None
+    size, dpi = _size(args.size), _dpi(args.dpi)
+    if size is not None:
+        check_pixels(size, DPI if dpi is None else dpi, default_size=False)
+    elif dpi is not None:
+        check_pixels(LARGEST_FIGURE, dpi, default_size=True)
+    positive_int("--k", args.k)
+    positive_int("--steps", args.steps)
+    if args.dims is not None:
+        positive_int("--dims", args.dims)
+    for i in args.index or ():
+        if i < 0:
+            raise ValueError(f"--index must be a test-set position (0 or more), got {i}")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     """``pvae plot``: draw ``--what`` into ``--out`` (default ``RUN/<what>.png``)."""
     from pvae import plotting
 
+    out = _check_args(args)
     run_ = load_run(args.run, device=args.device)
     vae = run_.vae
-    if args.what not in ("curves", "khat", "samples", "recon"):
-        _needs_vae(vae, f"--what {args.what}")
+    can = available(vae, run_.data.data_shape)
+    if args.what not in can:
+        methods, images = NEEDS[args.what]
+        need = ", ".join(f"{m}()" for m in methods)
+        need = f"a one-layer pvae.VAE's {need}" if methods == _VAE else f"a model with {need}"
+        raise ValueError(
+            f"--what {args.what} needs {need}"
+            + (" on image data" if images else "")
+            + f"; this run trains a {type(vae).__name__} on datapoints of shape "
+            f"{tuple(run_.data.data_shape)} (available: --what {'|'.join(can)})"
+        )
     x = run_.data.test.to(run_.device).observed()
     pyro.set_rng_seed(args.seed)
-    out = figure_path("--out", args.out) if args.out else run_.path / f"{args.what}.png"
+    out = out if out is not None else run_.path / f"{args.what}.png"
     style = {"figsize": _size(args.size), "dpi": _dpi(args.dpi), "path": out}
     if args.what == "manifold":
         plotting.latent_manifold(vae, x=x, **style)
