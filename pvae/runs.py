@@ -5,11 +5,9 @@ exactly as it was trained (:func:`load_run`), and evaluate it (:func:`evaluate_r
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import itertools
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -298,7 +296,7 @@ def evaluate_run(
             progress=progress,
         )
         report.update(_log_px_report(est))
-    report["diagnostics"] = _latent_diagnostics(run.vae, x)
+    report["diagnostics"] = diagnostics.report(run.vae, x)
     meta = {"seed": seed, "num_samples": num_samples, "max_k": max_k, "target_se": target_se}
     ev = RunEvaluation.of(
         run.path, split, x, elbo=elbo, log_px=est, epoch=int(run.checkpoint["epoch"]), meta=meta
@@ -371,34 +369,3 @@ def _external(path: str | Path, run: Run) -> torch.Tensor:
         gen = torch.Generator().manual_seed(run.config.data.seed)
         x = torch.bernoulli(x, generator=gen)
     return x
-
-
-def _latent_diagnostics(module: nn.Module, x: torch.Tensor, subset: int = 1000) -> dict:
-    """Active units, KL per dimension, I(x; z) and the prior hole (the last two on a subset:
-    they cost O(N²)). For a pair without one encoder and a prior (a hierarchical VAE, a user's
-    module): active units per latent site only."""
-    if not (callable(getattr(module, "encode", None)) and callable(getattr(module, "prior", None))):
-        sites = diagnostics.active_units_by_site(module, x)
-        return {
-            "active_units_by_site": {k: a.count for k, a in sites.items()},
-            "units_by_site": {k: a.variance.numel() for k, a in sites.items()},
-        }
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        au = diagnostics.active_units(module, x)
-    out: dict = {"active_units": au.count, "latent_dim": module.latent_dim}
-    if caught:
-        out["warning"] = str(caught[0].message)
-    with contextlib.suppress(ValueError):  # not factorized: no per-dimension split
-        out["kl_per_dim"] = [round(float(v), 4) for v in diagnostics.kl_per_dimension(module, x)]
-    xs = x[:subset]
-    mi, mi_se = diagnostics.mutual_information(module, xs)
-    hole = diagnostics.prior_hole(module, xs)
-    out.update(
-        mutual_information=mi,
-        mutual_information_se=mi_se,
-        aggregate_kl=hole.kl,
-        aggregate_kl_se=hole.kl_se,
-        prior_hole_fraction=hole.hole_fraction,
-    )
-    return out

@@ -190,12 +190,6 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="needs the cli change of issue 22 (diagnostics.report in pvae evaluate): remove "
-    "this marker with it",
-)
 def test_evaluate_on_a_single_datapoint_reports_the_s_e_over_datapoints_as_n_a(
     trained_run, tmp_path, capsys
 ):

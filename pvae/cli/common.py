@@ -98,8 +98,8 @@ def sharded() -> bool:
 
 
 def num(v: float | None) -> str:
-    """A number to 4 decimals, or ``n/a``."""
-    return "n/a" if v is None else f"{v:.4f}"
+    """A number to 4 decimals, or ``n/a`` (``None``, NaN or infinite: nothing to print)."""
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.4f}"
 
 
 class Phases:

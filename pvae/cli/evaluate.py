@@ -8,8 +8,10 @@ import math
 import sys
 from typing import Any
 
+from pvae import diagnostics
 from pvae._checks import positive_float, positive_int
 from pvae.cli.common import DEVICE_HELP, QUIET_HELP, Phases, is_main, num, sharded
+from pvae.evaluation.log_px import format_khat
 from pvae.files import dumps
 from pvae.runs import RunEvaluation, evaluate_run
 
@@ -137,51 +139,28 @@ def print_report(result: RunEvaluation) -> None:
         else "1 draw per datapoint"
     )
     print(
-        f"  ELBO          {out['elbo']:12.4f} nats ± {out['elbo_se']:.4f} s.e. over datapoints "
+        f"  ELBO          {out['elbo']:12.4f} nats ± {num(out['elbo_se'])} s.e. over datapoints "
         f"({draws})"
     )
     print(f"  reconstruction{out['recon']:12.4f}")
     print(f"  KL            {out['kl']:12.4f} ({'analytic' if out['analytic_kl'] else 'MC'})")
     print(f"  bits/dim      {out['bits_per_dim']:12.4f}")
-    _print_diagnostics(out["diagnostics"])
+    for line in diagnostics.report_lines(out["diagnostics"]):
+        print(f"  {line}")
     if result.log_px_estimate is not None:
         _print_log_px(out, result)
     if out.get("stored"):
         print(f"  per-datapoint values in {out['stored']} (read by pvae compare)")
 
 
-def _print_diagnostics(dg: dict[str, Any]) -> None:
-    if "active_units_by_site" in dg:  # not a one-layer VAE: per latent site only
-        units = ", ".join(
-            f"{k} {a} of {dg['units_by_site'][k]}" for k, a in dg["active_units_by_site"].items()
-        )
-        print(f"  active units  {units}")
-    else:
-        print(
-            f"  active units  {dg['active_units']:>5} of {dg['latent_dim']}"
-            f"   I(x; z) {dg['mutual_information']:.3f} ± {dg['mutual_information_se']:.3f} nats"
-        )
-        print(
-            f"  prior hole    KL(q(z) || p(z)) {dg['aggregate_kl']:.3f}; "
-            f"{100 * dg['prior_hole_fraction']:.1f}% of prior draws fall in holes (≈1% = none)"
-        )
-    if "warning" in dg:
-        print(f"  warning: {dg['warning']}")
-
-
 def _print_log_px(out: dict[str, Any], result: RunEvaluation) -> None:
-    khat = (
-        f"{out['log_px_khat_max']:.2f}"
-        if out["log_px_khat_max"] is not None
-        else "n/a"
-        if out.get("log_px_khat_frac_above_0.7") is None
-        else "inf: too few draws for a Pareto fit"  # the tail PSIS fits needs k ≳ 100
-    )
+    khat = format_khat(out["log_px_khat_max"])
     sd = out["log_px_sd"]
-    over = f"; ± {sd / math.sqrt(out['n']):.4f} s.e. over datapoints" if sd else ""
+    over = f"; ± {num(None if sd is None else sd / math.sqrt(out['n']))} s.e. over datapoints"
+    draws = result.log_px_estimate.draws  # "lo..hi" in the adaptive mode: the ESS's own k
     print(
         f"  log p(x)      {out['log_px']:12.4f} nats ± {num(out['log_px_se'])} Monte Carlo "
-        f"s.e.{over}\n                (k={result.k}, mean ESS {out['log_px_ess_mean']:.0f}, "
+        f"s.e.{over}\n                (k={draws}, mean ESS {out['log_px_ess_mean']:.0f}, "
         f"max k̂ {khat})"
     )
     if result.log_px_estimate.adaptive is not None:
