@@ -69,14 +69,16 @@ from typing import Any
 
 import numpy as np
 
+from pvae.config import canonical, load_config
 from pvae.files import finite
 from pvae.rundir import (
+    CONFIG,
+    EVALUATION_DIR,
     Evaluation,
     data_fingerprint,
     find_runs,
     load_evaluation,
     read_history,
-    read_run_config,
     save_evaluation,
 )
 from pvae.runs import evaluate_run
@@ -128,7 +130,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _group_key(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flattened config without the seed and output-only settings."""
+    """The flattened canonical config without the seed and output-only settings."""
     return {
         k: v
         for k, v in _flatten(config).items()
@@ -144,15 +146,23 @@ def _show(v: Any) -> str:
 class _Run:
     path: Path
     seed: int
-    config: dict[str, Any]
+    config: dict[str, Any]  # canonical: defaults filled in, one spelling
+    said: set[str]  # the flattened keys of config whose values are not their defaults
     history: list[dict[str, float]]
     evaluation: Evaluation
 
 
 def _read(path: Path, split: str) -> _Run:
-    cfg = read_run_config(path).to_dict()
+    cfg = load_config(path / CONFIG, name=f"{CONFIG} of run {str(path)!r}")
     history = read_history(path)
     ev = load_evaluation(path, split)
+    if ev.n == 0:
+        raise ValueError(
+            f"run {str(path)!r}: its stored {split} evaluation "
+            f"({path / EVALUATION_DIR / f'{split}.npz'}) holds 0 datapoints, so there is no mean "
+            f"to compare; compare on a split that has datapoints (--split), or evaluate this one "
+            f"again: pvae evaluate {path} --split {split}"
+        )
     last = history[-1].get("epoch")
     if ev.epoch is not None and last is not None and ev.epoch != last:
         raise ValueError(
@@ -168,7 +178,8 @@ def _read(path: Path, split: str) -> _Run:
                 "finite (a datapoint the model gives no mass to, or a diverged model); a "
                 "comparison of means needs them all finite"
             )
-    return _Run(path, int(cfg["train"]["seed"]), cfg, history, ev)
+    said = set(_flatten(canonical(cfg, defaults=False)))
+    return _Run(path, int(cfg.train.seed), canonical(cfg), said, history, ev)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -203,8 +214,8 @@ class Group:
     """Runs with the same configuration but for the seed.
 
     Attributes:
-        label: ``key=value`` of the settings that tell this group from the others (or the
-            runs' folder name when there is one group).
+        label: ``key=value`` of the settings that tell this group from the others (a component's
+            keyword arguments where not at their defaults), or the runs' folder name.
         settings: Those settings, flattened (``{"model.prior.name": "vamp"}``).
         runs: The run folders, by seed.
         seeds: Their ``train.seed``.
@@ -461,7 +472,12 @@ def _groups(runs: list[_Run], split: str) -> list[Group]:
                     f"the same train.seed ({a.seed}): they are repeats of one run, not "
                     "independent seeds; train the others with pvae train --seeds"
                 )
-        settings = {k: key[k] for k in differing if k in key}
+        # A key only some groups have (a component's keyword argument) is shown where it is set
+        # to other than its default; the component's name already tells the groups apart.
+        said = rs[0].said
+        settings = {
+            k: key[k] for k in differing if k in key and (k in said or all(k in o for o in keys))
+        }
         if settings:
             label = ", ".join(f"{k}={_show(v)}" for k, v in settings.items())
         else:
@@ -519,9 +535,11 @@ def compare(
 
     Every run needs its stored per-datapoint evaluation of ``split`` (``pvae evaluate RUN``, or
     :func:`~pvae.runs.evaluate_run`), of its last epoch, and all of them must have scored the
-    same points (the fingerprints in the evaluations must match). Runs are grouped by their
-    ``config.toml`` with ``train.seed`` and output-only settings (``IGNORED_KEYS``, a ``[log]``
-    section) left out. The statistics are defined in :mod:`pvae.compare`.
+    same points (the fingerprints in the evaluations must match). Runs are grouped by the meaning
+    of their ``config.toml`` (:func:`pvae.config.canonical`: ``latent_dim = 8`` and ``[8]``, a
+    default written out or not, are one configuration) with ``train.seed`` and output-only
+    settings (``IGNORED_KEYS``, a ``[log]`` section) left out. The statistics are defined in
+    :mod:`pvae.compare`.
 
     Args:
         runs: Run folders, or folders of runs (``OUT`` of ``pvae train --seeds``).
@@ -536,7 +554,9 @@ def compare(
     Raises:
         ValueError: a missing run folder or evaluation (the message names the run and the
             command that makes it), a stale evaluation, runs evaluated on different datapoints
-            (naming two of them), or two runs of one configuration with the same seed.
+            (naming two of them), an evaluation of 0 datapoints, or two runs of one configuration
+            with the same seed (repeats of one run: pooled as two seeds they would shrink the s.e.
+            over seeds).
     """
     read = [_read(p, split) for p in find_runs(runs)]
     first = read[0]

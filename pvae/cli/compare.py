@@ -19,9 +19,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "compare",
         help="compare runs across seeds: pooled metrics, paired differences, curves",
         description=(
-            "Group runs by configuration (seeds pooled) and report final metrics as mean ± s.e. "
-            "over seeds, and paired per-datapoint differences of log p(x) on the same "
-            "datapoints. Every run needs its stored evaluation: pvae evaluate RUN."
+            "Group runs by configuration (by meaning: defaults filled in, one spelling; seeds "
+            "pooled) and report final metrics as mean ± s.e. over seeds, and paired "
+            "per-datapoint differences of log p(x) on the same datapoints. Every run needs its "
+            "stored evaluation: pvae evaluate RUN. Two runs of one configuration with the same "
+            "seed are refused as repeats."
         ),
     )
     c.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or folders of runs")

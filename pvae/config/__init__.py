@@ -1,20 +1,13 @@
 """Configuration: dataclasses loadable from TOML and ``--set key=value`` overrides; names become
 components here, looked up in the registries beside them (:data:`pvae.priors.PRIORS`,
 :data:`pvae.likelihoods.LIKELIHOODS`, :data:`pvae.guides.GUIDES`, :data:`pvae.nets.ENCODERS`,
-:data:`pvae.nets.DECODERS`).
+:data:`pvae.nets.DECODERS`). Every key, its default and examples: ``docs/reference.md``.
 
 Sections: ``data``, ``model`` (with component tables ``prior``, ``likelihood``, ``encoder``,
 ``decoder``, ``guide``: each ``{name = "...", <keyword arguments>}``), and ``train``, ``eval`` and
 ``log``, which are :func:`pvae.fit`'s options (:mod:`pvae.options`, where their defaults are
-documented). Unknown keys, names and keyword arguments raise ``ValueError`` listing the valid ones.
-
-``[log]`` says what a run reports while it trains (see :class:`~pvae.options.LogOptions`)::
-
-    [log]
-    csv = true           # RUN/metrics.csv, one row per epoch
-    tensorboard = false  # RUN/tensorboard/ (needs: pip install tensorboard)
-    every = 30.0         # seconds between progress lines when stderr is not a terminal
-    quiet = false        # no progress, no per-epoch lines, no summary
+documented). Unknown keys, names and keyword arguments raise ``ValueError`` listing the valid ones;
+an error in a file names the file (:func:`load_config`).
 
 ``[model]`` describes one of three kinds of model:
 
@@ -22,37 +15,25 @@ documented). Unknown keys, names and keyword arguments raise ``ValueError`` list
   five component tables.
 * **A hierarchical VAE** (:class:`~pvae.HierarchicalVAE`): ``latent_dim`` a list of two or more
   layer widths, bottom (z_1) to top (z_L). ``prior`` is p(z_L), ``likelihood`` is p(x | z_1).
-  The networks are MLPs set by two keys of their own: ``hidden``, one list of hidden widths per
-  layer l (between z_{l-1} and z_l, z_0 = x; default ``[2·dim_l, 2·dim_l]`` each), and
-  ``activation`` (default ``"tanh"``). ``encoder``, ``decoder`` and ``guide`` describe the
-  one-layer VAE's networks and must stay at their defaults; so must ``train.beta``,
-  ``warmup_steps`` and ``free_bits``, and ``train.objective`` must not be ``"meanfield_elbo"``
-  (its closed-form KL is biased for a bottom-up guide; see :class:`~pvae.HierarchicalVAE`)::
-
-      [model]
-      latent_dim = [100, 50]
-      hidden = [[200, 200], [100, 100]]
-      activation = "tanh"
-
+  Its MLPs are set by ``hidden`` (one list of widths per layer, default ``[2·dim_l, 2·dim_l]``)
+  and ``activation`` (default ``"tanh"``). ``encoder``, ``decoder``, ``guide``, ``train.beta``,
+  ``warmup_steps`` and ``free_bits`` stay at their defaults, and ``train.objective`` is not
+  ``"meanfield_elbo"`` (its closed-form KL is biased for a bottom-up guide).
 * **A user's module**: ``class = "package.module:ClassName"`` names an ``nn.Module`` class with
-  ``model`` and ``guide`` methods (e.g. a :class:`~pvae.program.PyroProgram` subclass);
-  it is instantiated with the ``[model.kwargs]`` table as keyword arguments, and built for the
-  data's shape if it has ``build(data_shape)``. No other ``[model]`` key applies. The ``pvae``
-  command puts the current directory on the import path, as ``python -m`` does::
+  ``model`` and ``guide`` methods, instantiated with the ``[model.kwargs]`` table and built for
+  the data's shape if it has ``build(data_shape)``; no other ``[model]`` key applies. The ``pvae``
+  command imports it from the current directory, as ``python -m`` does; an error its code raises
+  is a :class:`UserCodeError`.
 
-      [model]
-      class = "my_models:TwoLatentVAE"
-      [model.kwargs]
-      latent_dim = 16
+:func:`canonical` is a configuration's meaning, one spelling of it: ``pvae compare`` groups runs
+by it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import inspect
-import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +44,8 @@ from torch import nn
 
 from pvae import datasets, nets
 from pvae._checks import lookup, one_of, positive_int
+from pvae.config.text import apply_overrides, dumps_toml
+from pvae.config.usercode import UserCodeError, build_class, class_path
 from pvae.guides import GUIDES
 from pvae.hierarchical import HierarchicalVAE
 from pvae.likelihoods import LIKELIHOODS
@@ -75,7 +58,11 @@ __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
+    "UserCodeError",
+    "apply_overrides",
     "build_vae",
+    "canonical",
+    "dumps_toml",
     "load_config",
     "load_data",
 ]
@@ -88,6 +75,7 @@ _REGISTRIES = {
     "guide": GUIDES,
 }
 _NET_POSITIONAL = {"in_shape", "out_shape", "out_features", "latent_dim"}
+_ACTIVATION = "tanh"  # a hierarchical model's default activation
 
 
 def _table(name: str, **kw: Any) -> Callable[[], dict[str, Any]]:
@@ -211,6 +199,7 @@ class Config:
         _validate_data(self.data)
         _validate_model(self.model, self.train)
         _validate_components(self.model)
+        _validate_pairing(self)
         self.options.check(toml=True)
 
 
@@ -231,6 +220,19 @@ def _validate_components(m: ModelConfig) -> None:
         if not isinstance(table, Mapping) or "name" not in table:
             raise ValueError(f"model.{kind} must be a table with a 'name', got {table!r}")
         lookup(f"model.{kind}.name", registry, table["name"])
+
+
+def _validate_pairing(cfg: Config) -> None:
+    """Settings that are each valid but mean nothing together."""
+    lik, binarize = cfg.model.likelihood.get("name"), cfg.data.binarize
+    if cfg.model.class_ is None and lik == "continuous_bernoulli" and binarize != "none":
+        raise ValueError(
+            f"model.likelihood.name = 'continuous_bernoulli' does not fit data.binarize = "
+            f"{binarize!r}: the continuous Bernoulli is a density on [0, 1], and its value at "
+            "binarized points {0, 1} is not a probability of binary data (its ELBO can exceed "
+            "0 nats); use model.likelihood.name = 'bernoulli' for binarized data, or keep the "
+            "data continuous in [0, 1] with data.binarize = 'none'"
+        )
 
 
 def _validate_model(m: ModelConfig, t: TrainOptions) -> None:
@@ -266,7 +268,7 @@ def _validate_model(m: ModelConfig, t: TrainOptions) -> None:
 def _validate_class(m: ModelConfig, t: TrainOptions) -> None:
     """``[model]`` of a user's module: ``class`` and ``kwargs`` and nothing else."""
     default = ModelConfig()
-    _class_path(m.class_)
+    class_path(m.class_)
     set_keys = [
         key
         for key, name in _keys(ModelConfig).items()
@@ -322,95 +324,160 @@ def _no_kl_options(t: TrainOptions, what: str) -> None:
         )
 
 
-def _class_path(path: Any) -> tuple[str, str]:
-    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
-        raise ValueError(f"model.class must be 'package.module:ClassName', got {path!r}")
-    module, name = path.split(":")
-    return module, name
-
-
-# -- TOML in and out ------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    """A ``--set`` value as TOML (numbers, booleans, lists, quoted strings), else a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides to a nested dict (a copy is returned)."""
-    d = copy.deepcopy(d)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value (e.g. train.epochs=5), got {item!r}")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) < 2 or not all(parts):
-            raise ValueError(f"--set key must be section.key (e.g. train.lr), got {key!r}")
-        node = d
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {p!r} is not a table")
-        node[parts[-1]] = _parse_value(text.strip())
-    return d
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), *, name: str | None = None
+) -> Config:
     """Read a TOML config (or the defaults when ``path`` is None) and apply ``--set`` overrides.
 
     The overrides apply to the file's contents, and the merged whole is validated once: a file
     that is only valid with its overrides loads, and the error of an invalid merge names the key.
     A component's table switches wholesale when an override changes its ``name``, so stale
     keyword arguments of the old component do not leak into the new one.
+
+    Every error names where it came from: the file (``name``, e.g. ``"config.toml of run
+    'runs/a'"``, by default ``config file 'PATH'``) and the overrides; a TOML syntax error gives
+    the line and column.
     """
     d: dict[str, Any] = {}
+    where = ""
     if path is not None:
+        where = name or f"config file {str(path)!r}"
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
+            raise ValueError(f"{where} does not exist")
         try:
-            d = tomllib.loads(path.read_text())
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+            raise ValueError(f"{where} is not valid TOML: {err}") from err
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{where} is not UTF-8 text ({err})") from err
+        if overrides:
+            where += " with " + " ".join(f"--set {item}" for item in overrides)
+    try:
+        return Config.from_dict(apply_overrides(_switch_components(d, overrides), overrides))
+    except (ValueError, TypeError) as err:
+        if not where:
+            raise
+        raise (TypeError if isinstance(err, TypeError) else ValueError)(f"{where}: {err}") from err
+
+
+def _switch_components(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Empty a component's table of the file where an override changes its ``name``."""
     for item in overrides:
         key = item.split("=", 1)[0].strip().split(".")
         if len(key) == 3 and key[0] == "model" and key[1] in _COMPONENTS and key[2] == "name":
             model = d.get("model")
             if isinstance(model, dict) and key[1] in model:
                 model[key[1]] = {}
-    return Config.from_dict(apply_overrides(d, overrides))
+    return d
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        if isinstance(v, float) and not math.isfinite(v):
-            return {math.inf: "inf", -math.inf: "-inf"}.get(v, "nan")
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+# -- meaning: one spelling per configuration ------------------------------------------------------
+def canonical(config: Config | Mapping[str, Any], *, defaults: bool = True) -> dict[str, Any]:
+    """A configuration's meaning as nested dicts: configurations that train the same model in the
+    same way give equal dicts, however they are spelled (``pvae compare`` groups runs by it).
+
+    Defaults are filled in (a component's keyword arguments from its signature, a hierarchical
+    model's ``hidden`` and ``activation``), a one-entry ``latent_dim`` list becomes its integer,
+    an integer becomes a float where the value is a float, tuples become lists, keys are sorted,
+    and ``[model]`` keeps only the keys of its kind of model (a one-layer VAE: ``latent_dim`` and
+    the five component tables; a hierarchical one: ``latent_dim``, ``prior``, ``likelihood``,
+    ``hidden``, ``activation``; a user's module: ``class`` and ``kwargs``, as written: its module
+    is not imported). Unset optional keys are ``None``.
+
+    Args:
+        config: A :class:`Config`, or nested mappings as :meth:`Config.from_dict` reads them.
+        defaults: ``False``: only the values that differ from their defaults.
+
+    >>> canonical({"model": {"latent_dim": [8], "encoder": {"activation": "relu"}}}) == (
+    ...     canonical(Config()))
+    True
+    >>> canonical({"train": {"lr": 1, "epochs": 20}}, defaults=False)
+    {'train': {'epochs': 20, 'lr': 1.0}}
+    """
+    cfg = config if isinstance(config, Config) else Config.from_dict(config)
+    full: dict[str, Any] = {}
+    default: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if f.name == "model":
+            full[f.name], default[f.name] = _canonical_model(section)
+        else:
+            full[f.name] = _canonical_section(section)
+            default[f.name] = _canonical_section(type(section)())
+    return _sorted(full if defaults else _beyond(full, default))
+
+
+def _plain(v: Any, as_float: bool = False) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+        return [_plain(x, as_float) for x in v]
+    if as_float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    return v
 
 
-def dumps_toml(d: Mapping[str, Any], prefix: str = "") -> str:
-    """Write nested dicts of scalars and lists as TOML (``None`` values are omitted)."""
-    lines = [
-        f"{k} = {_toml_value(v)}"
-        for k, v in d.items()
-        if not isinstance(v, Mapping) and v is not None
-    ]
-    out = []
-    if lines:
-        out.append((f"[{prefix}]\n" if prefix else "") + "\n".join(lines) + "\n")
+def _is_float(annotation: Any, default: Any) -> bool:
+    return isinstance(default, float) or "float" in str(annotation).replace(" ", "").split("|")
+
+
+def _canonical_section(section: Any) -> dict[str, Any]:
+    return {
+        f.metadata.get("key", f.name): _plain(getattr(section, f.name), _is_float(f.type, None))
+        for f in dataclasses.fields(section)
+    }
+
+
+def _canonical_model(m: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``[model]`` filled in, and the defaults it is filled from."""
+    if m.class_ is not None:
+        return {"class": m.class_, "kwargs": _plain(m.kwargs or {})}, {"kwargs": {}}
+    layers = m.layers
+    full: dict[str, Any] = {"latent_dim": layers[0] if len(layers) == 1 else layers}
+    default: dict[str, Any] = {"latent_dim": ModelConfig().latent_dim}
+    for kind in ("prior", "likelihood") if m.hierarchical else _COMPONENTS:
+        full[kind], default[kind] = _canonical_component(kind, getattr(m, kind))
+    if m.hierarchical:
+        default.update(hidden=[[2 * d, 2 * d] for d in layers], activation=_ACTIVATION)
+        full["hidden"] = default["hidden"] if m.hidden is None else _plain(m.hidden)
+        full["activation"] = m.activation or _ACTIVATION
+    return full, default
+
+
+def _canonical_component(kind: str, table: Mapping[str, Any]) -> tuple[dict, dict]:
+    """A component's table with its keyword arguments' defaults, and those defaults."""
+    name, kw = _split(table)
+    default_name, default_kw = _split(getattr(ModelConfig(), kind))
+    params = inspect.signature(_REGISTRIES[kind][name]).parameters
+    defaults = {
+        p: _plain(v.default)
+        for p, v in params.items()
+        if v.default is not v.empty and p not in _NET_POSITIONAL
+    }
+    if name == default_name:  # the table's own defaults (the MLPs' widths)
+        defaults.update(_plain(default_kw))
+    floats = {p for p, v in params.items() if _is_float(v.annotation, v.default)}
+    full = {**defaults, **{k: _plain(v, k in floats) for k, v in kw.items()}}
+    return {"name": name, **full}, {"name": default_name, **defaults}
+
+
+def _beyond(d: Mapping[str, Any], default: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``d`` that differ from ``default``'s, table by table."""
+    out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.append(dumps_toml(v, f"{prefix}.{k}" if prefix else k))
-    return "\n".join(out)
+        base = default.get(k, _beyond)  # a sentinel no value equals
+        if isinstance(v, Mapping) and isinstance(base, Mapping):
+            v = _beyond(v, base)
+            if v:
+                out[k] = v
+        elif v != base:
+            out[k] = v
+    return out
+
+
+def _sorted(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _sorted(v) if isinstance(v, Mapping) else v for k, v in sorted(d.items())}
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -451,7 +518,7 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
     docstring)."""
     data_shape = tuple(data_shape)
     if model.class_ is not None:
-        return _build_class(model, data_shape)
+        return build_class(model.class_, model.kwargs, data_shape)
     layers = [positive_int("model.latent_dim entries", d) for d in model.layers]
     latent = layers[-1]  # the prior is over the top layer
     name, kw = _split(model.prior)
@@ -464,7 +531,7 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
             prior=prior,
             likelihood=lik,
             hidden=model.hidden,
-            activation=model.activation or "tanh",
+            activation=model.activation or _ACTIVATION,
             data_shape=data_shape,
         )
     gname, gkw = _split(model.guide)
@@ -482,56 +549,6 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
     _check_kwargs(f"model.decoder {name!r}", make, kw)
     decoder = make(latent, lik.param_shape(data_shape), **kw)
     return VAE(prior, lik, encoder, decoder, data_shape=data_shape)
-
-
-def _build_class(model: ModelConfig, data_shape: tuple[int, ...]) -> nn.Module:
-    """Import ``model.class``, instantiate it with ``model.kwargs`` and build it for the data."""
-    path = model.class_
-    module_name, class_name = _class_path(path)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(
-            f"model.class {path!r}: cannot import module {module_name!r} ({err}); is it on the "
-            "Python path (the current directory, PYTHONPATH, an installed package)?"
-        ) from err
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        public = sorted(
-            n
-            for n, v in vars(module).items()
-            if isinstance(v, type) and v.__module__ == module_name and not n.startswith("_")
-        )
-        raise ValueError(
-            f"model.class {path!r}: module {module_name!r} has no attribute {class_name!r}; "
-            f"its classes: {', '.join(public) if public else '(none)'}"
-        )
-    if not (
-        isinstance(cls, type)
-        and issubclass(cls, nn.Module)
-        and callable(getattr(cls, "model", None))
-        and callable(getattr(cls, "guide", None))
-    ):
-        raise TypeError(
-            f"model.class {path!r} must be an nn.Module class with model and guide methods "
-            f"(e.g. a pvae.program.PyroProgram subclass), got {cls!r}"
-        )
-    kwargs = dict(model.kwargs or {})
-    params = inspect.signature(cls).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        valid = sorted(
-            n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY)
-        )
-        for key in kwargs:
-            if key not in valid:
-                raise ValueError(
-                    f"unknown keyword argument {key!r} in model.kwargs for {path!r}; valid: "
-                    f"{', '.join(valid) if valid else '(none)'}"
-                )
-    module_obj = cls(**kwargs)
-    if callable(getattr(module_obj, "build", None)):
-        module_obj.build(data_shape)
-    return module_obj
 
 
 def load_data(data: DataConfig) -> datasets.DataSplits:
