@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 from torch import Tensor
 
 from pvae.checkpoint import load_checkpoint
-from pvae.config import Config
+from pvae.config import Config, load_config
 from pvae.evaluation.elbo import ElboEstimate
 from pvae.evaluation.log_px import LogPxEstimate
 from pvae.files import atomic_write_bytes
@@ -97,7 +96,7 @@ def read_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise ValueError(f"{str(run_dir)!r} is not a pvae run folder: {CONFIG} is missing")
-    return Config.from_dict(tomllib.loads(path.read_text()))
+    return load_config(path, name=f"{CONFIG} of run {str(run_dir)!r}")
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, float]]:
