@@ -351,6 +351,13 @@ def test_plot_checks_the_figure_format_before_drawing(run_dir, tmp_path, monkeyp
     assert ".pdf" in msg and ".svg" in msg and not out.exists()
 
 
+def test_compare_checks_the_figure_format_before_comparing(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("pvae.cli.compare.compare", never("comparing the runs"))
+    out = tmp_path / "c.xyz"
+    assert main(["compare", str(run_dir), "--plot", str(out)]) == 2
+    assert error_line(capsys, "compare").startswith(f"--plot {str(out)!r}: unknown figure format")
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
@@ -413,7 +420,7 @@ def test_sample_writes_into_the_run_folder_by_default(run_copy, tmp_path, monkey
 
 # ---------------------------------------------------------------- 7. help for every option
 
-MINE = ("evaluate", "bounds", "ais", "plot", "sample")
+MINE = ("train", "evaluate", "bounds", "ais", "plot", "sample", "compare")
 
 
 def subparsers():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pvae._checks import figure_path
+from pvae.cli.common import FIGURE_HELP, figure_file
 from pvae.compare import compare
 from pvae.files import dumps
 
@@ -27,7 +27,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     c.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or folders of runs")
-    c.add_argument("--split", default="test", choices=("train", "val", "test"))
+    c.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="whose stored evaluation to compare (default: test; pvae evaluate --split)",
+    )
     c.add_argument(
         "--reference",
         default=None,
@@ -35,16 +40,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="group label or run folder the differences are from (default: the best group)",
     )
     c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.add_argument("--plot", metavar="PNG", help="also save the overlaid validation curves")
+    c.add_argument(
+        "--plot",
+        metavar="FIGURE",
+        help=f"also save the overlaid validation curves: {FIGURE_HELP}",
+    )
     c.set_defaults(func=run)
     return c
 
 
 def run(args: argparse.Namespace) -> int:
     """``pvae compare``: print the table (or JSON) and save the plot; returns the exit status."""
+    plot = figure_file("--plot", args.plot) if args.plot else None  # before the work
     result = compare(args.runs, split=args.split, reference=args.reference)
-    if args.plot:
-        result.plot(figure_path("--plot", args.plot))
+    if plot is not None:
+        result.plot(plot)
     if args.json:
         print(dumps(result.to_dict()))
     else:
