@@ -27,6 +27,8 @@ from pvae.evaluation import ElboEstimate, LogPxEstimate, evaluate_elbo, log_px
 from pvae.rundir import CHECKPOINT, CONFIG, Evaluation, read_run_config
 from pvae.training import FitResult, fit, load_run_state, resolve_device
 from pvae.training.callbacks import Callback, run_loggers
+from pvae.training.changes import check_resume
+from pvae.training.changes import note as note_changes
 from pvae.training.checkpointing import check_run_dir
 from pvae.training.runlock import check_not_locked
 
@@ -78,6 +80,7 @@ def train_from_config(
     resume: bool = False,
     data: DataSplits | None = None,
     callbacks: Sequence[Callback] = (),
+    allow_changes: Sequence[str] = (),
 ) -> FitResult:
     """Build data and model from ``cfg`` and train into ``run_dir`` (writing ``config.toml``).
 
@@ -85,9 +88,17 @@ def train_from_config(
     ``metrics.csv`` (``log.csv``) and ``tensorboard/`` (``log.tensorboard``); a resumed run
     appends to them. ``callbacks`` are passed to :func:`~pvae.fit` after those.
 
-    Everything that can fail on bad input (config, data, model shapes, a missing
-    ``tensorboard`` package) fails before :func:`~pvae.fit` creates the folder, so a rejected
-    run leaves nothing behind.
+    A resume continues the same model on the same data: ``cfg`` may differ from the
+    configuration the checkpoint records only in the keys of
+    :data:`pvae.training.changes.RESUMABLE` (epochs, learning rate, clipping, batch size,
+    device, ``[eval]``, ``[log]``...), compared by meaning. Any other change is refused, each key
+    named with its old and new value, unless ``allow_changes`` names it (a key, or a table such
+    as ``model``); an allowed change is recorded in the checkpoint and in ``config.toml``.
+
+    Everything that can fail on bad input (config, a refused change, data, model shapes, a
+    ``tensorboard`` package that is missing or fails to import) fails before :func:`~pvae.fit`
+    writes anything, so a rejected run leaves nothing behind, and a rejected resume leaves its
+    run as it was.
     """
     run_path = Path(run_dir)
     main = _is_main()
@@ -99,6 +110,15 @@ def train_from_config(
             "or another --out"
         )
     check_run_dir(run_path, resume, main=main)
+    if resume:
+        allowed = check_resume(run_path, cfg.to_dict(), allow_changes)
+        if main and not cfg.log.quiet:
+            note_changes(run_path, allowed)
+    elif allow_changes:
+        raise ValueError(
+            f"allow_changes (--allow-change) applies to a resumed run, got {list(allow_changes)} "
+            "for a new one"
+        )
     loggers = run_loggers(cfg.log, run_path) if main else []
     data = data if data is not None else load_data(cfg.data)
     pyro.set_rng_seed(cfg.train.seed)  # seeds the initial weights

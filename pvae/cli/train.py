@@ -32,7 +32,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="override a config value, e.g. train.epochs=5 (repeatable)",
     )
     t.add_argument("--out", help="run folder (default runs/<timestamp>)")
-    t.add_argument("--resume", metavar="RUN", help="continue the run in RUN")
+    t.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run in RUN (with --set: more epochs, another lr, [eval], [log]...; "
+        "a change of the model, the data or the objective is refused unless --allow-change)",
+    )
+    t.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --resume: allow changing KEY (e.g. train.objective, or a table such as "
+        "model.likelihood) although it changes what the run trains; recorded in the run "
+        "(repeatable)",
+    )
     t.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     t.add_argument(
         "--seeds",
@@ -52,6 +66,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """``pvae train``: train (each seed in turn) and print each run's summary."""
+    if args.allow_change and args.resume is None:
+        raise ValueError("--allow-change applies to --resume RUN")
     cfg, out = _config_and_folder(args)
     if args.no_progress:
         cfg.train.progress = False
@@ -59,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.train.progress = False
         cfg.log.quiet = True
     if not args.seeds:
-        result = train_from_config(cfg, out, resume=args.resume is not None)
+        result = train_from_config(
+            cfg, out, resume=args.resume is not None, allow_changes=args.allow_change
+        )
         _report_run(args, out, result.final)
         return 0
     seeds = check_seeds(args.seeds)

@@ -121,17 +121,20 @@ class CSVLogger(Callback):
 
     The header is the union of the records' keys in the order they first appear (curve points
     such as ``val_iwae_500`` join the columns at the first epoch that records them; earlier rows
-    leave them empty). The whole file is rewritten through an atomic rename after every epoch,
+    leave them empty, as is a number that is not finite, e.g. ``val_elbo_se`` of a single
+    validation point). The whole file is rewritten through an atomic rename after every epoch,
     so a crash, a full disk or a kill at any moment leaves the previous complete file, never a
     half-written row. A resumed run starts from the checkpoint's history and appends to it, so
     the file holds exactly one row per epoch the checkpoint knows, even if the previous process
-    died between its checkpoint and its row.
+    died between its checkpoint and its row; it writes nothing before its first epoch's
+    checkpoint.
 
     Args:
         path: The CSV file (its folder must exist when training starts).
 
     Raises:
-        ValueError: (from ``on_train_begin``) the file's folder does not exist.
+        ValueError: (from ``on_train_begin``) the file's folder does not exist, or the file is a
+            folder.
         WriteError: (from ``on_epoch_end``) the file could not be written; training stops.
     """
 
@@ -149,9 +152,13 @@ class CSVLogger(Callback):
                 f"CSVLogger path {str(self.path)!r}: its folder {str(self.path.parent)!r} "
                 "does not exist"
             )
+        if self.main and self.path.is_dir():
+            raise ValueError(
+                f"CSVLogger path {str(self.path)!r} is a folder; it must be a file (or not exist)"
+            )
+        # A resumed run's rows: written with its first epoch (which repairs a file that missed
+        # the last epoch before a crash), not before its first checkpoint.
         self.rows = [_scalars(r) for r in info["history"]]
-        if self.main and self.rows:
-            self._write()  # repairs a file that missed the last epoch before a crash
 
     def on_epoch_end(self, record: dict[str, float]) -> None:
         self.rows.append(_scalars(record))
@@ -169,7 +176,10 @@ class CSVLogger(Callback):
 
 
 def _csv_number(v: float) -> str:
-    """Integers as integers (``epoch``, ``step``), floats with full precision."""
+    """Integers as integers (``epoch``, ``step``), floats with full precision, and a number that
+    is not finite as an empty cell (as ``metrics.json`` has ``null``)."""
+    if not math.isfinite(v):
+        return ""
     return str(int(v)) if v.is_integer() and abs(v) < 2**53 else repr(v)
 
 
@@ -179,38 +189,37 @@ class TensorBoardLogger(Callback):
     Every numeric entry of the record becomes a scalar of the same name at global step
     ``epoch``; the writer is flushed after every epoch (a crash loses nothing written) and
     closed when training ends. A resumed run purges the events of epochs after the checkpoint's
-    (written by the process that died), so each epoch appears once.
+    (written by the process that died), so each epoch appears once. The event files are opened
+    with the first epoch's record, after its checkpoint: a run that fails before then writes
+    nothing.
 
     Args:
         log_dir: The event files' folder (created if missing).
 
     Raises:
-        ModuleNotFoundError: ``tensorboard`` is not installed (``pip install tensorboard``).
+        ModuleNotFoundError: ``tensorboard`` is not installed (``pip install tensorboard``), or
+            it is installed but fails to import (the error is named): found here, by importing
+            it, before a run folder is written.
     """
 
     def __init__(self, log_dir: str | Path) -> None:
         if not isinstance(log_dir, str | Path):
             raise TypeError(f"log_dir must be a str or Path, got {type(log_dir).__name__}")
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ModuleNotFoundError(
-                "TensorBoardLogger needs the tensorboard package, which is not installed: "
-                "pip install tensorboard",
-                name="tensorboard",
-            )
+        self.writer_class = _summary_writer()
         self.log_dir = Path(log_dir)
         self.writer: Any = None
+        self.purge: int | None = None
+        self.main = False
 
     def on_train_begin(self, info: TrainInfo) -> None:
-        if not info["main"]:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        purge = info["start_epoch"] + 1 if info["resumed"] else None
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge)
+        self.main = info["main"]
+        self.purge = info["start_epoch"] + 1 if info["resumed"] else None
 
     def on_epoch_end(self, record: dict[str, float]) -> None:
-        if self.writer is None:
+        if not self.main:
             return
+        if self.writer is None:
+            self.writer = self.writer_class(str(self.log_dir), purge_step=self.purge)
         epoch = int(record["epoch"])
         for key, value in _scalars(record).items():
             if key != "epoch" and not math.isnan(value):
@@ -223,10 +232,32 @@ class TensorBoardLogger(Callback):
             self.writer = None
 
 
+def _summary_writer() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``, imported now: a package that is missing, or
+    installed but broken (a version clash, a damaged install), is reported before any run."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ModuleNotFoundError(
+            "TensorBoardLogger needs the tensorboard package, which is not installed: "
+            "pip install tensorboard",
+            name="tensorboard",
+        )
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as err:
+        raise ModuleNotFoundError(
+            f"TensorBoardLogger needs the tensorboard package, which is installed but fails to "
+            f"import ({type(err).__name__}: {err}); repair it (pip install --force-reinstall "
+            "tensorboard) or turn TensorBoard off (log.tensorboard = false)",
+            name="tensorboard",
+        ) from err
+    return SummaryWriter
+
+
 def run_loggers(log: LogOptions, run_dir: str | Path) -> list[Callback]:
     """The loggers ``[log]`` turns on for a run folder: :class:`CSVLogger` into
     ``metrics.csv`` (``log.csv``) and :class:`TensorBoardLogger` into ``tensorboard/``
-    (``log.tensorboard``; raises ``ModuleNotFoundError`` at once without the package)."""
+    (``log.tensorboard``; raises ``ModuleNotFoundError`` at once, before anything is written,
+    when the package is missing or fails to import)."""
     run_path = Path(run_dir)
     out: list[Callback] = []
     if log.csv:

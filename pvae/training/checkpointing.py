@@ -6,10 +6,19 @@ function of (seed, epoch) alone (:func:`~pvae.training.step.epoch_generator`) an
 on a schedule of the epoch number, a run resumed after epoch e continues with exactly the
 numbers an uninterrupted run would have drawn. Files are written by rank 0, atomically
 (:mod:`pvae.checkpoint`).
+
+A resumed run changes nothing in its folder before its first checkpoint: ``config.toml`` (which
+may now say more epochs, or carry a change allowed with ``--allow-change``) is written with that
+checkpoint, after it, and should that write fail the checkpoint is put back as it was, so the
+folder's config and checkpoint never disagree after an error. (The one write before is a
+repair: a ``metrics.json`` that lacks the checkpoint's last epoch is rewritten from it.)
+``metrics.json`` is strict JSON (a non-finite number, e.g. ``val_elbo_se`` of a single
+validation point, is ``null``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -30,8 +39,9 @@ from pvae.checkpoint import (
     save_checkpoint,
 )
 from pvae.config import dumps_toml
-from pvae.files import atomic_write_bytes
+from pvae.files import atomic_write_bytes, finite
 from pvae.rundir import CHECKPOINT, CONFIG, LOCK, METRICS
+from pvae.training.changes import record_lines
 from pvae.training.runlock import RunFolderBusyError, RunLock, check_not_locked
 
 __all__ = [
@@ -54,12 +64,16 @@ class TrainState:
         step: Optimizer steps taken.
         history: One record per completed epoch.
         config: The run's configuration, if it has one.
+        changes: What each resume changed in the configuration:
+            ``{"epoch": e, "changes": {key: [old, new]}}``, one entry per resume after epoch
+            ``e`` that changed something (:func:`pvae.training.changes.config_changes`).
     """
 
     epoch: int = 0
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     config: dict[str, Any] | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def check_run_dir(run_dir: str | Path | None, resume: bool, *, main: bool = True) -> Path | None:
@@ -118,6 +132,7 @@ class Checkpointer:
         self.main = d is None or d.is_main
         self._lock: RunLock | None = None
         self._staging: Path | None = None
+        self._config_due = False  # a resumed run's config.toml, written with its checkpoint
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -143,21 +158,44 @@ class Checkpointer:
         ckpt = load_checkpoint(file, map_location=device)
         check_state_matches(self.module, ckpt["model"], str(file))
         self.module.load_state_dict(ckpt["model"])
+        # The optimizer's moments and step counts continue; the settings train.lr and
+        # train.clip_norm set are this run's, which a resume may change (load_state_dict would
+        # put back the checkpoint's).
+        settings = [
+            {k: g[k] for k in ("lr", "clip_norm") if k in g} for g in self.optimizer.param_groups
+        ]
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group, mine in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(mine)
         set_rng_state(rank_rng(ckpt["rng"], self.d))
-        return TrainState(ckpt["epoch"], ckpt["step"], list(ckpt["history"]), ckpt.get("config"))
+        return TrainState(
+            ckpt["epoch"],
+            ckpt["step"],
+            list(ckpt["history"]),
+            ckpt.get("config"),
+            list(ckpt.get("changes", [])),
+        )
 
     def start(self, state: TrainState, fresh: bool) -> None:
-        """Write ``config.toml``; a fresh run also saves epoch 0, so a last good checkpoint
-        exists from the start. Called once every input has been checked.
+        """Begin writing the run. A fresh run writes ``config.toml`` and saves epoch 0, so a
+        last good checkpoint exists from the start. A resumed run changes nothing yet: its
+        ``config.toml`` goes with its first checkpoint (:meth:`save`); only a ``metrics.json``
+        that does not hold the checkpoint's history (a run stopped between its checkpoint and
+        its metrics) is repaired from that history now. Called once every input has been
+        checked.
 
         A fresh run is written into a hidden sibling folder, locked, and renamed to the run
         folder only once its first checkpoint is on disk: the folder appears complete or not
         at all, and a rival run that got there first is detected by the rename."""
         if self.path is None:
             return
+        if not fresh:
+            self._config_due = self.main and state.config is not None
+            if self.main and not _holds(self.path / METRICS, metrics_text(state)):
+                atomic_write_bytes(self.path / METRICS, metrics_text(state))
+            return
         final = self.path
-        if self.main and fresh:
+        if self.main:
             final.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_staging(final)
             staging = final.parent / f"{_staging_prefix(final)}{os.getpid()}"
@@ -165,14 +203,11 @@ class Checkpointer:
             self._staging, self.path = staging, staging
             self._lock = RunLock(staging).acquire()
         try:
-            if self.main and state.config is not None:  # a resume may extend train.epochs
-                atomic_write_bytes(self.path / CONFIG, dumps_toml(state.config).encode())
-            if fresh:
-                self.save(state)
-                if self.main:
-                    self._publish(final)
-            elif self.main:  # metrics of a run stopped between its checkpoint and its metrics
-                self._write_metrics(state)
+            if self.main and state.config is not None:
+                atomic_write_bytes(self.path / CONFIG, config_text(state))
+            self.save(state)
+            if self.main:
+                self._publish(final)
         finally:
             self.path = final
 
@@ -199,8 +234,13 @@ class Checkpointer:
             rng = {"ranks": states}
         if not self.main:
             return
+        file = self.path / CHECKPOINT
+        config = config_text(state) if self._config_due else None
+        if config is not None and _holds(self.path / CONFIG, config):
+            config = None
+        previous = file.read_bytes() if config is not None and file.is_file() else None
         save_checkpoint(
-            self.path / CHECKPOINT,
+            file,
             {
                 "epoch": state.epoch,
                 "step": state.step,
@@ -210,13 +250,41 @@ class Checkpointer:
                 "history": state.history,
                 "config": state.config,
                 "data_shape": self.data_shape,
+                "changes": state.changes,
             },
         )
+        if config is not None:
+            try:
+                atomic_write_bytes(self.path / CONFIG, config)
+            except BaseException:
+                if previous is not None:  # config and checkpoint stay a pair
+                    with contextlib.suppress(OSError):
+                        atomic_write_bytes(file, previous)
+                raise
+        self._config_due = False
         self._write_metrics(state)
 
     def _write_metrics(self, state: TrainState) -> None:
-        metrics = json.dumps(state.history, indent=1) + "\n"
-        atomic_write_bytes(self.path / METRICS, metrics.encode())
+        atomic_write_bytes(self.path / METRICS, metrics_text(state))
+
+
+def metrics_text(state: TrainState) -> bytes:
+    """``metrics.json`` of ``state``: its history as strict JSON (non-finite numbers ``null``)."""
+    return (json.dumps(finite(state.history), indent=1, allow_nan=False) + "\n").encode()
+
+
+def config_text(state: TrainState) -> bytes:
+    """``config.toml`` of ``state``: its configuration, after comment lines telling what each
+    resume changed (:func:`pvae.training.changes.record_lines`)."""
+    head = "".join(line + "\n" for line in record_lines(state.changes))
+    return (head + ("\n" if head else "") + dumps_toml(state.config)).encode()
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _staging_prefix(final: Path) -> str:

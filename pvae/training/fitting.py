@@ -29,6 +29,7 @@ from pvae import distributed as D
 from pvae.datasets import DataSplits, Split
 from pvae.options import FitOptions
 from pvae.training.callbacks import Callback, OnEpoch, TrainInfo, check_callbacks
+from pvae.training.changes import config_changes
 from pvae.training.checkpointing import Checkpointer, TrainState, check_run_dir
 from pvae.training.progress import Progress
 from pvae.training.setup import as_splits, check_trainable, prepare, training_device
@@ -224,7 +225,7 @@ def _setup(
 
     pyro.set_rng_seed(t.seed)
     train, val = prepare(module, train, val, dev)
-    notice_monte_carlo_kl(module, step_options.elbo, train.x[:2])
+    notice_monte_carlo_kl(module, step_options.elbo, train.x[:2], quiet=opts.log.quiet or not main)
     labels = bool(t.labels)
     if labels:
         check_takes_labels(module, train.y)
@@ -253,11 +254,18 @@ def _setup(
 
 def _start(run: _Run, config: dict[str, Any] | None) -> TrainState:
     """The state to continue from (a resumed run's checkpoint, restored under the folder's
-    lock), written as the run's start: only now does a folder appear."""
+    lock), written as the run's start: only now does a new run's folder appear (a resumed
+    run writes nothing until its first checkpoint). What a resume changes in the
+    configuration is recorded in the state's ``changes``."""
     if run.resume:
         run.checkpoints.lock()
     state = run.checkpoints.restore(run.device) if run.resume else TrainState()
-    state.config = config if config is not None else state.config
+    if config is not None:
+        changed = config_changes(state.config, config) if state.config is not None else {}
+        if changed:
+            what = {k: [old, new] for k, (old, new) in changed.items()}
+            state.changes.append({"epoch": state.epoch, "changes": what})
+        state.config = config
     run.step.steps = state.step
     run.checkpoints.start(state, fresh=not run.resume)
     return state
@@ -321,6 +329,7 @@ def _epoch(run: _Run, epoch: int, report: Progress) -> dict[str, float]:
     )
     record = {"epoch": epoch, "step": run.step.steps, "train_elbo": elbo}
     t1 = time.perf_counter()
+    run.step.unweight()  # validation reports the true ELBO: β = 1, no free bits
     if run.val is not None:
         record.update(validate(run.module, run.val, run.validation, epoch, run.d, run.labels))
     record.update(_timings(len(run.train), t0, t1, run.val is not None))

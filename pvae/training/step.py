@@ -198,10 +198,12 @@ class CompiledLoss:
         return self.compiled(x, n)
 
 
-def notice_monte_carlo_kl(module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor) -> None:
+def notice_monte_carlo_kl(
+    module: nn.Module, elbo: pyro.infer.ELBO, x: Tensor, quiet: bool = False
+) -> None:
     """One notice when ``TraceMeanField_ELBO`` must fall back to the Monte Carlo KL for a VAE's
-    guide/prior pair."""
-    if not vae_like(module) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
+    guide/prior pair (none when ``quiet``: ``log.quiet``, ``--quiet``)."""
+    if quiet or not vae_like(module) or not isinstance(elbo, pyro.infer.TraceMeanField_ELBO):
         return
     with torch.no_grad():
         try:
@@ -406,7 +408,8 @@ class TrainStep:
         )
 
     def unweight(self) -> None:
-        """Make the module the plain model again (β = 1, no free bits)."""
+        """Make the module the plain model again (β = 1, no free bits): for validation, the
+        figures and the module returned. The next step sets β and free bits again."""
         if self._weighted:
             self.module.beta, self.module.free_bits = 1.0, 0.0
 
