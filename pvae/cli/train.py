@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pvae.cli.common import is_main
-from pvae.config import Config, apply_overrides, load_config
+from pvae.config import Config, load_config
 from pvae.files import dumps
-from pvae.rundir import seed_dir
+from pvae.rundir import CONFIG, seed_dir
 from pvae.runs import read_run_config, train_from_config
 from pvae.training.progress import summary_table
 
@@ -103,8 +103,12 @@ def _config_and_folder(args: argparse.Namespace) -> tuple[Config, Path]:
             raise ValueError("--resume reads RUN/config.toml; do not pass --config with it")
         if args.seeds:
             raise ValueError("--resume continues one run; do not pass --seeds with it")
-        base = read_run_config(args.resume).to_dict()
-        return Config.from_dict(apply_overrides(base, args.set)), Path(args.resume)
+        run = Path(args.resume)
+        if not args.set:
+            return read_run_config(run), run
+        read_run_config(run)  # RUN is a run folder whose config loads, or an error naming it
+        name = f"{CONFIG} of run {str(run)!r}"  # the merged whole's errors name the run
+        return load_config(run / CONFIG, args.set, name=name), run
     if args.config is not None and Path(args.config).is_dir():
         raise ValueError(f"--config must be a TOML file, got the folder {args.config!r}")
     cfg = load_config(args.config, args.set)
