@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC := $(wildcard pvae tests benchmarks examples docs)
+SRC := $(wildcard pvae tests benchmarks examples docs tools)
 
 .PHONY: install run test test-gpu lint format bench bench-gpu docs clean
 
