@@ -39,6 +39,9 @@ SHAPE = (1, 3, 3)
 def make(prior="standard_normal", lik="bernoulli", guide="diagonal", latent=2):
     cfg = Config.from_dict(
         {
+            # Only the model is built here; [data] says the data stay in [0, 1] so that every
+            # likelihood is accepted (continuous_bernoulli is refused with binarized data).
+            "data": {"binarize": "none"},
             "model": {
                 "latent_dim": latent,
                 "prior": {"name": prior, **PRIOR_KW[prior]},
