@@ -86,6 +86,11 @@ def test_readme_skips_only_what_ci_runs_anyway():
     first = blocks((ROOT / "README.md").read_text())[0]
     assert "make run" in first.code and "make test" in first.code
     assert first.skip and "CI" in first.skip
+    # ... and CI runs exactly the README's two commands (tests first, so a red suite fails fast).
+    readme = [line.split("#")[0].strip() for line in first.code.splitlines()]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    commands = [line.strip() for line in ci if line.strip().startswith("make ")]
+    assert sorted(commands) == sorted(c for c in readme if c), (commands, readme)
 
 
 def _shell_env() -> dict[str, str]:

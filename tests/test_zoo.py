@@ -49,7 +49,7 @@ def make(prior="standard_normal", lik="bernoulli", guide="diagonal", latent=2):
                 "guide": {"name": guide, **GUIDE_KW[guide]},
                 "encoder": {"hidden": [16]},
                 "decoder": {"hidden": [16]},
-            }
+            },
         }
     )
     return build_vae(cfg.model, SHAPE)
