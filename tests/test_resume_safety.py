@@ -9,11 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from test_faults import failing_writes  # the one helper that makes a file's writes fail
 
 import pvae
 from pvae.checkpoint import load_checkpoint
@@ -106,18 +106,6 @@ def test_a_resume_that_fails_at_start_leaves_the_run_as_it_was(run, change):
     loaded = pvae.load_run(run)
     assert loaded.checkpoint["epoch"] == 2
     assert loaded.config.model.encoder.get("activation", "relu") == "relu"
-
-
-def failing_writes(monkeypatch, name, error):
-    """Writes of the file ``name`` fail with ``error`` (when creating the temporary file)."""
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, prefix=None, **kwargs):
-        if prefix == f".{name}.":
-            raise error
-        return real(*args, prefix=prefix, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
 
 
 @pytest.mark.parametrize("file", ["checkpoint.pt", "config.toml"])
