@@ -277,8 +277,9 @@ class ConvLadderPaths(nn.Module):
     *flat*, ``(latents[l-1],)`` (``spatial=False``, as in the Ladder VAE, Sønderby et al. 2016).
     ``q_heads[l]`` reads (loc, raw scale) of z_{l+1} off h_{l+1} with one convolution (or a
     linear layer); ``p_heads[l]`` maps z_{l+2} to the prior (loc, raw scale) of z_{l+1}: a
-    convolution, residual blocks and a nearest-neighbour upsampling to z_{l+1}'s resolution;
-    ``decoder`` maps z_1 to the likelihood's parameters at full resolution the same way. Every
+    convolution, residual blocks at z_{l+2}'s resolution, a nearest-neighbour upsampling to
+    z_{l+1}'s and a convolution; ``decoder`` maps z_1 to the likelihood's parameters at full
+    resolution the same way (with ``out_blocks`` residual blocks after the upsampling). Every
     network takes any number of leading batch dimensions (datapoints, particles).
 
     Args:
@@ -295,6 +296,8 @@ class ConvLadderPaths(nn.Module):
         norm: ``None`` or ``"batch"`` in the residual blocks.
         weight_norm: Weight-normalize every convolution.
         flat_hidden: Hidden width of the p-heads' MLPs when ``spatial=False``.
+        out_blocks: Residual blocks of the decoder at the image's full resolution (costly: 4×
+            the pixels of h_1), after its upsampling.
 
     Example:
         >>> import torch
@@ -318,6 +321,7 @@ class ConvLadderPaths(nn.Module):
         norm: str | None = None,
         weight_norm: bool = False,
         flat_hidden: int = 256,
+        out_blocks: int = 0,
     ) -> None:
         super().__init__()
         self.data_shape, self.out_shape = _shape("data_shape", data_shape), _shape("out", out_shape)
@@ -332,8 +336,9 @@ class ConvLadderPaths(nn.Module):
         n = len(lat)
         chs = [positive_int("channels", c) for c in _per_level("channels", channels, n)]
         down = [bool(d) for d in _per_level("downsample", downsample, n)]
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
-            raise ValueError(f"blocks must be an integer >= 0, got {blocks!r}")
+        for name, value in (("blocks", blocks), ("out_blocks", out_blocks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.spatial = bool(spatial)
         res = dict(activation=activation, norm=norm, weight_norm=weight_norm)
         self._res, self._blocks, self._act = res, blocks, _activation(activation)
@@ -357,7 +362,9 @@ class ConvLadderPaths(nn.Module):
             )
             for i in range(n - 1)
         )
-        self.decoder = self._expand(self.latent_shapes[0], hs[1], self.out_shape, sizes[0])
+        self.decoder = self._expand(
+            self.latent_shapes[0], hs[1], self.out_shape, sizes[0], out_blocks
+        )
 
     def _resblocks(self, c: int) -> list[nn.Module]:
         return [ResBlock(c, **self._res) for _ in range(self._blocks)]
@@ -374,9 +381,12 @@ class ConvLadderPaths(nn.Module):
             net = nn.Sequential(self._act(), nn.Flatten(), nn.Linear(math.prod(h), 2 * latent[0]))
         return _Batched(net, h, (2, *latent))
 
-    def _expand(self, z: tuple, h: tuple, out: tuple, size: tuple | None = None) -> nn.Module:
+    def _expand(
+        self, z: tuple, h: tuple, out: tuple, size: tuple | None = None, after: int = 0
+    ) -> nn.Module:
         """z (at h's resolution, or flat) → h's width, residual blocks, upsampling to ``size``
-        (``out``'s resolution unless given) and a convolution to ``out``."""
+        (``out``'s resolution unless given), ``after`` residual blocks there, a convolution to
+        ``out``."""
         size = tuple(size or out[-2:])
         width, wn = h[0], self._res["weight_norm"]
         if self.spatial:
@@ -384,9 +394,10 @@ class ConvLadderPaths(nn.Module):
         else:
             first = [nn.Linear(z[0], math.prod(h)), nn.Unflatten(1, h)]
         up = [nn.Upsample(size=size, mode="nearest")] if size != tuple(h[1:]) else []
+        after_blocks = [ResBlock(width, **self._res) for _ in range(after)]
         last = _conv(width, math.prod(out) // math.prod(size), weight_norm=wn)
-        tail = [*self._resblocks(width), self._act(), last]
-        return _Batched(nn.Sequential(*first, *self._resblocks(width), *up, *tail), z, out)
+        layers = [*first, *self._resblocks(width), *up, *after_blocks, self._act(), last]
+        return _Batched(nn.Sequential(*layers), z, out)
 
 
 PATHS: Mapping[str, type[nn.Module]] = {"conv": ConvLadderPaths}

@@ -58,7 +58,8 @@ def test_leading_dims_are_only_batch_dims():
 
 
 @pytest.mark.parametrize(
-    "kw", [{}, {"norm": "batch", "weight_norm": True, "blocks": 2}, {"spatial": False}]
+    "kw",
+    [{}, {"norm": "batch", "weight_norm": True, "blocks": 2, "out_blocks": 1}, {"spatial": False}],
 )
 def test_gradients_reach_every_parameter(kw):
     paths = build(3, kw.pop("spatial", True), **kw)
