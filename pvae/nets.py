@@ -401,8 +401,10 @@ class ConvLadderPaths(nn.Module):
 
 
 PATHS: Mapping[str, type[nn.Module]] = {"conv": ConvLadderPaths}
-"""The paths a ladder config's ``[model] paths`` names (its kwargs in ``[model.paths]``); conv
-paths are built as ``cls(data_shape, likelihood.param_shape(data_shape), **kw)``."""
+"""The paths a top-down config's ``[model.paths]`` table names (``name = "conv"``; its other keys
+are the class's keyword arguments), each built as
+``cls(data_shape, likelihood.param_shape(data_shape), latent_dim, **kw)`` with ``[model]
+latent_dim`` (for conv paths: the channels of spatial latents, or the widths of flat ones)."""
 
 
 @runtime_checkable
