@@ -21,6 +21,7 @@ import torchvision
 
 import pvae
 from pvae.datasets import CIFAR10_FILES, DataUnavailableError
+from pvae.evaluation.bits import bits_per_dim
 from pvae.runs import train_from_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
@@ -145,5 +146,6 @@ def test_small_cifar_config_trains_on_the_tiny_files(cifar_root, tmp_path, monke
     res = train_from_config(cfg, tmp_path / "run")
     assert math.isfinite(res.final["train_elbo"])
     ev = pvae.runs.evaluate_run(tmp_path / "run", k=4, num_samples=2, store=False, quiet=True)
-    bits = pvae.evaluation.bits.bits_per_dim(ev.log_px_estimate.log_px, (3, 32, 32))
+    bits = bits_per_dim(ev.log_px_estimate.log_px, (3, 32, 32))
     assert bool((bits > 0).all()) and bool(torch.isfinite(bits).all())
+    torch.testing.assert_close(bits, ev.log_px_estimate.bits_per_dim)
