@@ -1,5 +1,5 @@
-"""Datasets as in-memory tensors: the embedded default (scikit-learn's 8×8 digits), MNIST and
-Fashion-MNIST through torchvision, and user arrays.
+"""Datasets as in-memory tensors: the embedded default (scikit-learn's 8×8 digits), MNIST,
+Fashion-MNIST and CIFAR-10 through torchvision, and user arrays.
 
 Every dataset is split once into fixed train/validation/test sets (seeded) and stored as float
 tensors in [0, 1] of shape ``(N, C, H, W)`` (or ``(N, D)`` for vector data). A whole split moves
@@ -236,6 +236,37 @@ def _fashion_mnist(
     return _torchvision("FashionMNIST", root=root, download=download, system_dir=sysdir)
 
 
+CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+"""The files of CIFAR-10's python version that torchvision reads from ``cifar-10-batches-py``."""
+
+
+def _cifar10(root: str | Path | None = None, download: bool = True, **_: Any) -> Any:
+    """CIFAR-10 (Krizhevsky 2009) through ``torchvision.datasets.CIFAR10``: 50,000 training and
+    10,000 test colour images ``(3, 32, 32)``, returned as uint8 so that :func:`as_float` maps
+    them onto the 8-bit levels k/255 exactly. torchvision checks each file's MD5 before reading
+    it; with ``download`` it fetches the archive only when a check fails."""
+    import torchvision
+
+    root = Path(root) if root is not None else default_root()
+    folder = root / torchvision.datasets.CIFAR10.base_folder
+    try:
+        train = torchvision.datasets.CIFAR10(str(root), train=True, download=download)
+        test = torchvision.datasets.CIFAR10(str(root), train=False, download=download)
+    except Exception as err:  # RuntimeError when missing or corrupted, URLError/OSError offline
+        raise DataUnavailableError(
+            f"CIFAR-10 is not in {folder} (or a file there failed torchvision's MD5 check) and "
+            f"could not be downloaded (download={download}: {type(err).__name__}: {err}). To get "
+            "it: run once with network access and download=True, or unpack the python version "
+            "(cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) so that "
+            f"{folder} holds {', '.join(CIFAR10_FILES)}"
+        ) from err
+
+    def arr(ds: Any) -> tuple[np.ndarray, np.ndarray]:  # torchvision keeps HWC; pvae wants CHW
+        return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets)
+
+    return (*arr(train), *arr(test))
+
+
 def read_array_file(path: str | Path | None = None, **_: Any) -> Any:
     if path is None:
         raise ValueError("data path is required for the 'file' dataset (a .npy or .npz file)")
@@ -256,11 +287,16 @@ def read_array_file(path: str | Path | None = None, **_: Any) -> Any:
 
 
 DATASETS: Mapping[str, Any] = {
+    "cifar10": _cifar10,
     "digits": _digits,
     "mnist": _mnist,
     "fashion-mnist": _fashion_mnist,
     "file": read_array_file,
 }
+
+
+TORCHVISION = ("mnist", "fashion-mnist", "cifar10")
+"""The datasets read through torchvision, which take ``root`` and ``download``."""
 
 
 def names() -> list[str]:
@@ -329,7 +365,8 @@ def load(
             keeps it all for training (``DataSplits.val`` is then empty).
         test_fraction: Fraction held out for testing when the dataset has no official test set.
         seed: Seed of the split permutation and of static binarization.
-        **kwargs: Loader options: ``root`` and ``download`` (torchvision), ``system_dir``
+        **kwargs: Loader options: ``root`` and ``download`` (the :data:`TORCHVISION` sets;
+            CIFAR-10's files go in ``root/cifar-10-batches-py``), ``system_dir``
             (Fashion-MNIST IDX files, default Debian's), ``path`` (``"file"``).
 
     Example:

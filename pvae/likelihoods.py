@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import pyro.distributions as dist
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pvae._checks import one_of, positive_float
+from pvae._checks import one_of, positive_float, positive_int
 
 __all__ = [
     "LIKELIHOODS",
@@ -25,6 +25,7 @@ __all__ = [
     "Categorical256",
     "ContinuousBernoulli",
     "DiscretizedLogistic",
+    "DiscretizedLogisticMixture",
     "Gaussian",
     "Laplace",
     "Likelihood",
@@ -195,6 +196,37 @@ class Laplace(_LocScale):
     family = dist.Laplace
 
 
+def _log_bin_mass(x: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+    r"""log P(level x) under Logistic(loc, e^{log_scale}) discretized to the levels k/255.
+
+    With :math:`u = (x - \mu + \tfrac{1}{510})/s` and :math:`l = (x - \mu - \tfrac{1}{510})/s`,
+    a middle bin has mass :math:`\sigma(u) - \sigma(l) = \sigma(u)\,\sigma(-l)\,(1 - e^{l-u})`,
+    an identity with no cancellation, so its log is accurate even where the mass underflows
+    (PixelCNN++'s fallback to the density at the bin's centre is not needed). The bin at 0 takes
+    the lower tail (:math:`\sigma(u)`), the bin at 1 the upper (:math:`\sigma(-l)`).
+    """
+    half = 0.5 / 255
+    inv_s = torch.exp(-log_scale)
+    centered = x - loc
+    upper = inv_s * (centered + half)
+    lower = inv_s * (centered - half)
+    mid = (
+        F.logsigmoid(upper)
+        + F.logsigmoid(-lower)
+        + torch.log(-torch.expm1(lower - upper).clamp_max(-1e-12))
+    )
+    lo_edge = F.logsigmoid(upper)  # x = 0: P(X ≤ 0.5/255)
+    hi_edge = F.logsigmoid(-lower)  # x = 1: P(X > 1 - 0.5/255)
+    return torch.where(x < half, lo_edge, torch.where(x > 1 - half, hi_edge, mid))
+
+
+def _logistic_level(loc: Tensor, log_scale: Tensor) -> Tensor:
+    """A draw of Logistic(loc, e^{log_scale}) rounded to the nearest level k/255 in [0, 1]."""
+    u = torch.rand(loc.shape, device=loc.device, dtype=loc.dtype).clamp(1e-6, 1 - 1e-6)
+    y = loc + log_scale.exp() * (u.log() - (-u).log1p())
+    return (y.clamp(0, 1) * 255).round() / 255
+
+
 class _DiscretizedLogisticDist(dist.TorchDistribution):
     """Logistic(μ, s) discretized to the 256 levels {0, 1/255, …, 1}; the edge bins take the
     tails (Salimans et al. 2017). A probability mass function on the levels."""
@@ -216,26 +248,11 @@ class _DiscretizedLogisticDist(dist.TorchDistribution):
         )
 
     def log_prob(self, x: Tensor) -> Tensor:
-        half = 0.5 / 255
-        inv_s = torch.exp(-self.log_scale)
-        centered = x - self.loc
-        upper = inv_s * (centered + half)
-        lower = inv_s * (centered - half)
-        # log(σ(u) - σ(l)) = log σ(u) + log(1 - e^{l-u}) + log σ(-l), stable in the middle bins.
-        mid = (
-            F.logsigmoid(upper)
-            + F.logsigmoid(-lower)
-            + torch.log(-torch.expm1(lower - upper).clamp_max(-1e-12))
-        )
-        lo_edge = F.logsigmoid(upper)  # x = 0: P(X ≤ 0.5/255)
-        hi_edge = F.logsigmoid(-lower)  # x = 1: P(X > 1 - 0.5/255)
-        return torch.where(x < half, lo_edge, torch.where(x > 1 - half, hi_edge, mid))
+        return _log_bin_mass(x, self.loc, self.log_scale)
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         shape = self._extended_shape(sample_shape)
-        u = torch.rand(shape, device=self.loc.device, dtype=self.loc.dtype).clamp(1e-6, 1 - 1e-6)
-        y = self.loc.expand(shape) + self.log_scale.exp().expand(shape) * (u.log() - (-u).log1p())
-        return (y.clamp(0, 1) * 255).round() / 255
+        return _logistic_level(self.loc.expand(shape), self.log_scale.expand(shape))
 
     @property
     def mean(self) -> Tensor:
@@ -251,6 +268,8 @@ class DiscretizedLogistic(Likelihood):
         min_log_scale: Floor on the log-scale (keeps the mass of the center bin below 1).
     """
 
+    levels: ClassVar[int] = 256
+
     def __init__(self, min_log_scale: float = -7.0) -> None:
         super().__init__()
         self.min_log_scale = float(min_log_scale)
@@ -265,6 +284,183 @@ class DiscretizedLogistic(Likelihood):
 
     def check_data(self, x: Tensor, *, name: str = "data") -> None:
         _check_levels(x, name, "discretized logistic")
+
+
+def _num_coupling(channels: int) -> int:
+    return channels * (channels - 1) // 2
+
+
+def _in_order(loc: Tensor, coef: Tensor, value: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """Channels in order, ``x_c = value(loc_c + Σ_{c'<c} coef_{c,c'} x_{c'}, c)``, stacked last."""
+    xs: list[Tensor] = []
+    for c in range(loc.shape[-1]):
+        m = loc[..., c]
+        if c:
+            i = _num_coupling(c)
+            m = m + (coef[..., i : i + c] * torch.stack(xs, -1)).sum(-1)
+        xs.append(value(m, c))
+    return torch.stack(xs, -1)
+
+
+class _DiscretizedLogisticMixtureDist(dist.TorchDistribution):
+    """K discretized logistics per pixel, mixed with one weight per pixel, the channels coupled
+    within a component (:class:`DiscretizedLogisticMixture`). Tensors are kept pixel-last:
+    ``logits`` ``(*batch, *spatial, K)``, ``loc`` and ``log_scale`` ``(*batch, *spatial, K, C)``,
+    ``coef`` ``(*batch, *spatial, K, C(C-1)/2)``; with ``channel_axis`` x is ``(C, *spatial)``,
+    without it x is ``spatial`` (one channel)."""
+
+    arg_constraints: ClassVar[dict] = {}
+    support = torch.distributions.constraints.unit_interval
+    has_rsample = False
+
+    def __init__(
+        self,
+        logits: Tensor,
+        loc: Tensor,
+        log_scale: Tensor,
+        coef: Tensor,
+        n_spatial: int,
+        flat: bool,
+    ) -> None:
+        self.logits, self.loc, self.log_scale, self.coef = logits, loc, log_scale, coef
+        self.n_spatial, self.flat = n_spatial, flat
+        spatial = tuple(logits.shape[-1 - n_spatial : -1])
+        event = spatial if flat else (loc.shape[-1], *spatial)
+        super().__init__(logits.shape[: -1 - n_spatial], event, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):  # type: ignore[no-untyped-def]
+        n = len(self.batch_shape)
+        new = [t.expand(*batch_shape, *t.shape[n:]) for t in (self.logits, self.loc)]
+        new += [t.expand(*batch_shape, *t.shape[n:]) for t in (self.log_scale, self.coef)]
+        return _DiscretizedLogisticMixtureDist(*new, self.n_spatial, self.flat)
+
+    def _pixels(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(-1) if self.flat else x.movedim(-1 - self.n_spatial, -1)
+
+    def _image(self, y: Tensor) -> Tensor:
+        return y.squeeze(-1) if self.flat else y.movedim(-1, -1 - self.n_spatial)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        xk = self._pixels(x).unsqueeze(-2)  # (..., *spatial, 1, C)
+        c = self.loc.shape[-1]
+        loc = torch.stack(
+            [
+                self.loc[..., j]
+                + (self.coef[..., _num_coupling(j) : _num_coupling(j + 1)] * xk[..., :j]).sum(-1)
+                for j in range(c)
+            ],
+            -1,
+        )
+        per_component = _log_bin_mass(xk, loc, self.log_scale).sum(-1)
+        per_pixel = torch.logsumexp(per_component + F.log_softmax(self.logits, -1), -1)
+        return per_pixel.sum(tuple(range(-self.n_spatial, 0)))
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        with torch.no_grad():
+            k = dist.Categorical(logits=self.logits, validate_args=False).sample(sample_shape)
+            pick = F.one_hot(k, self.logits.shape[-1]).to(self.loc.dtype).unsqueeze(-1)
+            loc, log_scale, coef = (
+                (t * pick).sum(-2) for t in (self.loc, self.log_scale, self.coef)
+            )
+            y = _in_order(loc, coef, lambda m, c: _logistic_level(m, log_scale[..., c]))
+        return self._image(y)
+
+    @property
+    def mean(self) -> Tensor:
+        """The mean of the continuous mixture (before rounding to levels), clamped to [0, 1]."""
+        per_component = _in_order(self.loc, self.coef, lambda m, c: m)
+        weights = torch.softmax(self.logits, -1).unsqueeze(-1)
+        return self._image((weights * per_component).sum(-2).clamp(0, 1))
+
+
+class DiscretizedLogisticMixture(Likelihood):
+    r"""A mixture of discretized logistics per pixel over 8-bit levels {0, 1/255, …, 1}
+    (PixelCNN++, Salimans et al. 2017): a probability mass function, so bits/dim are the
+    literature's (:func:`pvae.evaluation.bits.bits_per_dim`).
+
+    For a pixel with channels :math:`x_1..x_C` (data ``(C, H, W)``; a vector is one channel),
+
+    .. math::
+
+        P(x) = \sum_{k=1}^K \pi_k \prod_{c=1}^C P_{\mathrm{DL}}\big(x_c;\
+            \mu_{kc} + \textstyle\sum_{c'<c} a_{kcc'} x_{c'},\ s_{kc}\big),
+
+    where :math:`P_{\mathrm{DL}}(x; \mu, s)` is the mass that Logistic(μ, s) puts on the bin of
+    half-width 1/510 around the level x, the edge levels 0 and 1 taking the tails (as
+    :class:`DiscretizedLogistic`). The channels of a pixel share the component weights
+    :math:`\pi = \mathrm{softmax}(\text{logits})`; within a component, channel c is linear in
+    the channels before it (PixelCNN++'s coupling, :math:`a = \tanh(\cdot)`; ``coupled=False``
+    sets a = 0). Data are in [0, 1] (pvae's convention; PixelCNN++ writes the same model on
+    [-1, 1]); :math:`\mu = \mathrm{sigmoid}(\cdot)`, :math:`\log s` is floored at
+    ``min_log_scale``. With K = 1 and no coupling it is :class:`DiscretizedLogistic`.
+
+    The decoder outputs ``(K·(1 + 2C + M), *spatial)`` per datapoint, :math:`M = C(C-1)/2` when
+    coupled (else 0): the K logits, then per component C locations, C log-scales, M coefficients.
+
+    Args:
+        n_mix: Components K (PixelCNN++ and NVAE use 10).
+        coupled: Couple the channels of a pixel linearly within a component.
+        min_log_scale: Floor on the log-scales.
+
+    Example:
+        >>> import torch, pvae
+        >>> lik = pvae.likelihoods.DiscretizedLogisticMixture(n_mix=3)
+        >>> lik.param_shape((3, 8, 8))
+        (30, 8, 8)
+        >>> x = torch.randint(0, 256, (5, 3, 8, 8)) / 255
+        >>> lik(torch.zeros(5, 30, 8, 8), event_dim=3).log_prob(x).shape
+        torch.Size([5])
+    """
+
+    levels: ClassVar[int] = 256
+
+    def __init__(self, n_mix: int = 10, coupled: bool = True, min_log_scale: float = -7.0) -> None:
+        super().__init__()
+        self.n_mix = positive_int("n_mix", n_mix)
+        if not isinstance(coupled, bool):
+            raise TypeError(f"coupled must be true or false, got {coupled!r}")
+        self.coupled, self.min_log_scale = coupled, float(min_log_scale)
+
+    def _per_component(self, channels: int) -> int:
+        return 1 + 2 * channels + (_num_coupling(channels) if self.coupled else 0)
+
+    def param_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
+        data_shape = tuple(data_shape)
+        channels, spatial = (
+            (1, data_shape) if len(data_shape) < 2 else (data_shape[0], data_shape[1:])
+        )
+        return (self.n_mix * self._per_component(channels), *spatial)
+
+    def forward(self, params: Tensor, event_dim: int) -> dist.TorchDistribution:
+        if event_dim < 1:
+            raise ValueError(
+                f"event_dim must be at least 1 for a mixture likelihood, got {event_dim}"
+            )
+        n_spatial, k = max(event_dim - 1, 1), self.n_mix
+        p = params.movedim(-1 - n_spatial, -1)  # (*batch, *spatial, P)
+        per, extra = divmod(p.shape[-1], k)
+        channels = next((c for c in range(1, per) if self._per_component(c) == per), None)
+        if extra or channels is None or (event_dim == 1 and channels != 1):
+            m = " + C(C-1)/2" if self.coupled else ""
+            raise ValueError(
+                f"params must have n_mix·(1 + 2C{m}) entries on axis {-1 - n_spatial} for some "
+                f"channel count C (C = 1 for vector data), n_mix={k}; got shape "
+                f"{tuple(params.shape)} with event_dim={event_dim}"
+            )
+        rest = p[..., k:].unflatten(-1, (k, per - 1))
+        loc = torch.sigmoid(rest[..., :channels])
+        log_scale = rest[..., channels : 2 * channels].clamp_min(self.min_log_scale)
+        coef = (
+            torch.tanh(rest[..., 2 * channels :])
+            if self.coupled
+            else rest.new_zeros((*rest.shape[:-1], _num_coupling(channels)))
+        )
+        return _DiscretizedLogisticMixtureDist(
+            p[..., :k], loc, log_scale, coef, n_spatial, flat=event_dim == 1
+        )
+
+    def check_data(self, x: Tensor, *, name: str = "data") -> None:
+        _check_levels(x, name, "discretized logistic mixture")
 
 
 class _LevelsCategorical(dist.TorchDistribution):
@@ -296,6 +492,8 @@ class _LevelsCategorical(dist.TorchDistribution):
 class Categorical256(Likelihood):
     """A 256-way categorical per pixel over the levels {0, 1/255, …, 1} (van den Oord et al.
     2016): the most flexible 8-bit likelihood, at 256 decoder outputs per pixel."""
+
+    levels: ClassVar[int] = 256
 
     def param_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
         return (256, *data_shape)
@@ -339,6 +537,7 @@ LIKELIHOODS: Mapping[str, type[Likelihood]] = {
     "gaussian": Gaussian,
     "laplace": Laplace,
     "discretized_logistic": DiscretizedLogistic,
+    "discretized_logistic_mixture": DiscretizedLogisticMixture,
     "categorical": Categorical256,
 }
 """The likelihoods a config's ``[model.likelihood]`` table names, each built as ``cls(**kw)``."""

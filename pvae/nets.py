@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -19,8 +20,12 @@ __all__ = [
     "DECODERS",
     "ENCODERS",
     "MLP",
+    "PATHS",
     "ConvDecoder",
     "ConvEncoder",
+    "ConvLadderPaths",
+    "LadderPaths",
+    "ResBlock",
 ]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -196,3 +201,231 @@ ENCODERS: Mapping[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvEncoder}
 DECODERS: Mapping[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvDecoder}
 """The decoders a config's ``[model.decoder]`` table names, each built as
 ``cls(latent_dim, out_shape, **kw)``."""
+
+
+# -- conv paths of a top-down hierarchy -----------------------------------------------------------
+def _conv(c_in: int, c_out: int, stride: int = 1, weight_norm: bool = False) -> nn.Module:
+    """A 3×3 convolution (padding 1), optionally weight-normalized (Salimans & Kingma 2016)."""
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+    return nn.utils.parametrizations.weight_norm(conv) if weight_norm else conv
+
+
+class ResBlock(nn.Module):
+    r"""Pre-activation residual block on ``(N, C, H, W)``: :math:`x + f(x)` with
+    :math:`f = \mathrm{conv}\circ\mathrm{act}\circ\mathrm{norm}\circ\mathrm{conv}\circ
+    \mathrm{act}\circ\mathrm{norm}` (He et al. 2016), both convolutions 3×3 and width-preserving.
+
+    Args:
+        channels: Channels in and out.
+        activation: Name in :data:`ACTIVATIONS` or a module class.
+        norm: ``None`` or ``"batch"`` (batch norm before each activation).
+        weight_norm: Weight-normalize both convolutions.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        activation: str | Callable[[], nn.Module] = "elu",
+        norm: str | None = None,
+        weight_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        act = _activation(activation)
+        bn = None if norm is None else lookup("norm", CONV_NORMS, norm)
+        layers: list[nn.Module] = []
+        for _ in range(2):
+            layers += [*([bn(channels)] if bn else []), act()]
+            layers.append(_conv(channels, channels, weight_norm=weight_norm))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+CONV_NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm2d}
+
+
+class _Batched(nn.Module):
+    """``net`` applied over any leading batch dimensions: inputs ``(*batch, *in_shape)`` are
+    flattened to ``(-1, *in_shape)`` (what conv and batch-norm layers take) and the output is
+    reshaped to ``(*batch, *out_shape)``."""
+
+    def __init__(self, net: nn.Module, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.net, self.in_shape, self.out_shape = net, tuple(in_shape), tuple(out_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[: x.dim() - len(self.in_shape)]
+        y = self.net(x.reshape(-1, *self.in_shape))
+        return y.reshape(*batch, *self.out_shape)
+
+
+def _per_level(name: str, value: int | Sequence[int] | bool | Sequence[bool], n: int) -> list:
+    values = [value] * n if isinstance(value, int | bool) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} must give one value per latent layer ({n}), got {value!r}")
+    return values
+
+
+class ConvLadderPaths(nn.Module):
+    r"""Conv paths of a top-down hierarchy over images ``(C, H, W)`` (a :class:`LadderPaths`).
+
+    The bottom-up tower ``h_0 = x``, ``h_{l+1} = up[l](h_l)``: a 3×3 convolution of stride 2
+    (stride 1 where ``downsample`` is false) to ``channels[l]`` then ``blocks`` residual blocks,
+    so ``h_l`` has shape ``(channels[l-1], H_l, W_l)`` with ``H_l = ⌈H_{l-1}/2⌉``. Latent
+    ``z_l`` is *spatial*, ``(latents[l-1], H_l, W_l)`` (as in NVAE, Vahdat & Kautz 2020), or
+    *flat*, ``(latents[l-1],)`` (``spatial=False``, as in the Ladder VAE, Sønderby et al. 2016).
+    ``q_heads[l]`` reads (loc, raw scale) of z_{l+1} off h_{l+1} with one convolution (or a
+    linear layer); ``p_heads[l]`` maps z_{l+2} to the prior (loc, raw scale) of z_{l+1}: a
+    convolution, residual blocks at z_{l+2}'s resolution, a nearest-neighbour upsampling to
+    z_{l+1}'s and a convolution; ``decoder`` maps z_1 to the likelihood's parameters at full
+    resolution the same way (with ``out_blocks`` residual blocks after the upsampling). Every
+    network takes any number of leading batch dimensions (datapoints, particles).
+
+    Args:
+        data_shape: ``(C, H, W)`` of one image.
+        out_shape: What the decoder outputs for one image, the likelihood's ``param_shape``; its
+            last two entries must be ``(H, W)`` (e.g. ``(2, C, H, W)`` for a discretized
+            logistic, ``(P, H, W)`` for a mixture).
+        latents: Channels (spatial) or dimension (flat) of z_1 .. z_L; L is its length.
+        channels: Width of h_1 .. h_L (one value, or one per layer).
+        blocks: Residual blocks after each convolution that changes shape.
+        spatial: Spatial latents (``True``) or flat ones.
+        downsample: Whether each up step halves the resolution (one value, or one per layer).
+        activation: Name in :data:`ACTIVATIONS` or a module class.
+        norm: ``None`` or ``"batch"`` in the residual blocks.
+        weight_norm: Weight-normalize every convolution.
+        flat_hidden: Hidden width of the p-heads' MLPs when ``spatial=False``.
+        out_blocks: Residual blocks of the decoder at the image's full resolution (costly: 4×
+            the pixels of h_1), after its upsampling.
+
+    Example:
+        >>> import torch
+        >>> paths = ConvLadderPaths((3, 8, 8), (2, 3, 8, 8), latents=(4, 2), channels=8)
+        >>> paths.latent_shapes
+        ((4, 4, 4), (2, 2, 2))
+        >>> paths.decoder(torch.zeros(5, 7, 4, 4, 4)).shape
+        torch.Size([5, 7, 2, 3, 8, 8])
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        out_shape: Sequence[int],
+        latents: Sequence[int] = (16, 8),
+        channels: int | Sequence[int] = 32,
+        blocks: int = 1,
+        spatial: bool = True,
+        downsample: bool | Sequence[bool] = True,
+        activation: str | Callable[[], nn.Module] = "elu",
+        norm: str | None = None,
+        weight_norm: bool = False,
+        flat_hidden: int = 256,
+        out_blocks: int = 0,
+    ) -> None:
+        super().__init__()
+        self.data_shape, self.out_shape = _shape("data_shape", data_shape), _shape("out", out_shape)
+        if len(self.data_shape) != 3:
+            raise ValueError(f"data_shape must be (C, H, W) for conv paths, got {data_shape}")
+        if len(self.out_shape) < 3 or self.out_shape[-2:] != self.data_shape[1:]:
+            raise ValueError(
+                f"out_shape must end with the image's (H, W) = {self.data_shape[1:]}, "
+                f"got {self.out_shape}"
+            )
+        lat = [positive_int("latents", d) for d in _shape("latents", latents)]
+        n = len(lat)
+        chs = [positive_int("channels", c) for c in _per_level("channels", channels, n)]
+        down = [bool(d) for d in _per_level("downsample", downsample, n)]
+        for name, value in (("blocks", blocks), ("out_blocks", out_blocks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        self.spatial = bool(spatial)
+        res = dict(activation=activation, norm=norm, weight_norm=weight_norm)
+        self._res, self._blocks, self._act = res, blocks, _activation(activation)
+        sizes = [tuple(self.data_shape[1:])]
+        for d in down:
+            h, w = sizes[-1]
+            sizes.append(((h + 1) // 2, (w + 1) // 2) if d else (h, w))
+        hs = [self.data_shape, *((c, *s) for c, s in zip(chs, sizes[1:], strict=True))]
+        self.latent_shapes: tuple[tuple[int, ...], ...] = tuple(
+            (d, *s) if self.spatial else (d,) for d, s in zip(lat, sizes[1:], strict=True)
+        )
+        self.up = nn.ModuleList(self._up(hs[i], hs[i + 1], down[i], i > 0) for i in range(n))
+        self.q_heads = nn.ModuleList(
+            self._q_head(hs[i + 1], self.latent_shapes[i]) for i in range(n)
+        )
+        self.p_heads = nn.ModuleList(
+            self._expand(self.latent_shapes[i + 1], hs[i + 2], (2, *self.latent_shapes[i]))
+            if self.spatial
+            else MLP(
+                lat[i + 1], (2, lat[i]), (positive_int("flat_hidden", flat_hidden),), activation
+            )
+            for i in range(n - 1)
+        )
+        self.decoder = self._expand(
+            self.latent_shapes[0], hs[1], self.out_shape, sizes[0], out_blocks
+        )
+
+    def _resblocks(self, c: int) -> list[nn.Module]:
+        return [ResBlock(c, **self._res) for _ in range(self._blocks)]
+
+    def _up(self, h_in: tuple, h_out: tuple, down: bool, act_first: bool) -> nn.Module:
+        conv = _conv(h_in[0], h_out[0], 2 if down else 1, self._res["weight_norm"])
+        net = nn.Sequential(*([self._act()] if act_first else []), conv, *self._resblocks(h_out[0]))
+        return _Batched(net, h_in, h_out)
+
+    def _q_head(self, h: tuple, latent: tuple) -> nn.Module:
+        if self.spatial:
+            net = nn.Sequential(self._act(), _conv(h[0], 2 * latent[0]))
+        else:
+            net = nn.Sequential(self._act(), nn.Flatten(), nn.Linear(math.prod(h), 2 * latent[0]))
+        return _Batched(net, h, (2, *latent))
+
+    def _expand(
+        self, z: tuple, h: tuple, out: tuple, size: tuple | None = None, after: int = 0
+    ) -> nn.Module:
+        """z (at h's resolution, or flat) → h's width, residual blocks, upsampling to ``size``
+        (``out``'s resolution unless given), ``after`` residual blocks there, a convolution to
+        ``out``."""
+        size = tuple(size or out[-2:])
+        width, wn = h[0], self._res["weight_norm"]
+        if self.spatial:
+            first: list[nn.Module] = [_conv(z[0], width, weight_norm=wn)]
+        else:
+            first = [nn.Linear(z[0], math.prod(h)), nn.Unflatten(1, h)]
+        up = [nn.Upsample(size=size, mode="nearest")] if size != tuple(h[1:]) else []
+        after_blocks = [ResBlock(width, **self._res) for _ in range(after)]
+        last = _conv(width, math.prod(out) // math.prod(size), weight_norm=wn)
+        layers = [*first, *self._resblocks(width), *up, *after_blocks, self._act(), last]
+        return _Batched(nn.Sequential(*layers), z, out)
+
+
+PATHS: Mapping[str, type[nn.Module]] = {"conv": ConvLadderPaths}
+"""The paths a top-down config's ``[model.paths]`` table names (``name = "conv"``; its other keys
+are the class's keyword arguments), each built as
+``cls(data_shape, likelihood.param_shape(data_shape), latent_dim, **kw)`` with ``[model]
+latent_dim`` (for conv paths: the channels of spatial latents, or the widths of flat ones)."""
+
+
+@runtime_checkable
+class LadderPaths(Protocol):
+    """The deterministic networks of a top-down (ladder) hierarchy over latents z_1 (bottom) .. z_L.
+
+    Every network maps inputs with any number of leading batch dimensions to outputs with the same
+    leading dimensions; ``h_0 = x``. Scales are raw: the ladder applies softplus.
+
+    Attributes:
+        latent_shapes: event shapes of z_1 .. z_L.
+        up: ``up[l]`` maps h_l to h_{l+1}, l = 0..L-1 (the bottom-up deterministic pass).
+        q_heads: ``q_heads[l]`` maps h_{l+1} to ``(*batch, 2, *latent_shapes[l])``: the bottom-up
+            (loc, raw scale) estimate for z_{l+1}.
+        p_heads: ``p_heads[l]`` maps z_{l+2} to ``(*batch, 2, *latent_shapes[l])``, l = 0..L-2: the
+            top-down prior (loc, raw scale) of z_{l+1} given z_{l+2}.
+        decoder: maps z_1 to what the likelihood module takes from a decoder (as for pvae.VAE).
+    """
+
+    latent_shapes: tuple[tuple[int, ...], ...]
+    up: nn.ModuleList
+    q_heads: nn.ModuleList
+    p_heads: nn.ModuleList
+    decoder: nn.Module
