@@ -57,9 +57,10 @@ def test_switching_a_component_drops_the_old_components_arguments():
         (
             ["model.likelihood.name=poisson"],
             "unknown model.likelihood.name 'poisson'; valid: bernoulli, categorical, "
-            "continuous_bernoulli, discretized_logistic, gaussian, laplace",
+            "continuous_bernoulli, discretized_logistic, discretized_logistic_mixture, "
+            "gaussian, laplace",
         ),
-        (["data.name=cifar"], "unknown dataset 'cifar'; valid: digits"),
+        (["data.name=cifar"], "unknown dataset 'cifar'; valid: cifar10, digits"),
         (
             ["train.objective=iwa"],
             "unknown train.objective 'iwa'; valid: elbo, iwae, meanfield_elbo",

@@ -30,6 +30,7 @@ LIK_KW = {
     "gaussian": {"learn_scale": "per_dim"},
     "laplace": {"learn_scale": True},
     "discretized_logistic": {},
+    "discretized_logistic_mixture": {"n_mix": 2},
     "categorical": {},
 }
 GUIDE_KW = {"diagonal": {}, "low_rank": {"rank": 1}, "iaf": {"num_flows": 1, "hidden": [8]}}

@@ -554,7 +554,7 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
 def load_data(data: DataConfig) -> datasets.DataSplits:
     """Load the dataset a ``[data]`` section describes."""
     kwargs: dict[str, Any] = {}
-    if data.name in ("mnist", "fashion-mnist"):
+    if data.name in datasets.TORCHVISION:
         kwargs = {"root": data.root, "download": data.download}
     elif data.name == "file":
         kwargs = {"path": data.path}
