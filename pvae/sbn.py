@@ -52,7 +52,11 @@ __all__ = ["LogitRelaxedBernoulli", "SigmoidBeliefNet"]
 
 class LogitRelaxedBernoulli(_TorchLogitRelaxed, TorchDistributionMixin):
     """The Binary Concrete distribution over logits (Maddison et al. 2017, appendix B), as a
-    Pyro distribution: ``sigmoid`` of a draw is a ``RelaxedBernoulli`` draw."""
+    Pyro distribution: ``sigmoid`` of a draw is a ``RelaxedBernoulli`` draw. Torch implements
+    its ``rsample`` but leaves ``has_rsample`` False (it serves inside ``RelaxedBernoulli``); set
+    here, so Pyro draws it by reparameterization."""
+
+    has_rsample = True
 
 
 def _positive(name: str, value: float) -> float:

@@ -1,5 +1,6 @@
-"""A tiny model with three binary latents whose K-sample bound is computed exactly by enumerating
-all 8^K tuples of latent configurations; shared by test_vimco.py and test_rws.py.
+"""The training tests' data (:func:`small_digits`) and a tiny model with three binary latents
+whose K-sample bound is computed exactly by enumerating all 8^K tuples of latent configurations;
+shared by test_vimco.py, test_rws.py and test_relaxed.py.
 
 .. math::
     h \\in \\{0,1\\}^3,\\ h_j \\sim \\mathrm{Bernoulli}(\\sigma(a_j)),\\quad
@@ -18,6 +19,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+
+from pvae.datasets import DataSplits, Split
 
 NAMES = ("a", "W", "c", "U", "d")  # a, W, c: the model (θ); U, d: the guide (φ)
 MODEL, GUIDE = ("a", "W", "c"), ("U", "d")
@@ -116,3 +119,11 @@ def within(
         ratio = float(((g.mean(0) - target[n]).abs() / se).max())
         worst = max(worst, (ratio, n))
     return worst
+
+
+def small_digits(digits: DataSplits) -> DataSplits:
+    """400 training digits (dynamically binarized) and the validation and test splits: a few
+    seconds' training of a small sigmoid belief net."""
+    return DataSplits(
+        "digits", Split(digits.train.x[:400], None, "dynamic"), digits.val, digits.test
+    )
