@@ -24,7 +24,7 @@ FLOORS: list[tuple[str, ...]] = [
         "pvae.optimizers",
         "pvae.datasets",
     ),
-    ("pvae.program", "pvae.family", "pvae.model", "pvae.hierarchical", "pvae.traces"),
+    ("pvae.program", "pvae.family", "pvae.model", "pvae.hierarchical", "pvae.traces", "pvae.sbn"),
     ("pvae.linear_gaussian", "pvae.objectives", "pvae.evaluation", "pvae.diagnostics"),
     ("pvae.options", "pvae.config"),
     ("pvae.plotting",),

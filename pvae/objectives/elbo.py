@@ -12,6 +12,9 @@ r"""The evidence lower bound, through Pyro's own estimators.
   the gradient variance. Both estimate the same number: they agree in expectation.
 * ``"iwae"``: the importance-weighted bound with K = ``num_particles``
   (:class:`pvae.objectives.iwae.IWAE`).
+* ``"vimco"``, ``"rws"``: the K-sample bound for discrete latents, with VIMCO's leave-one-out
+  baselines (:class:`pvae.objectives.vimco.VIMCO`) or reweighted wake-sleep
+  (:class:`pvae.objectives.rws.RWS`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pyro.infer
 
 from pvae._checks import lookup, positive_int
 from pvae.objectives.iwae import IWAE
+from pvae.objectives.rws import RWS
+from pvae.objectives.vimco import VIMCO
 
 __all__ = ["OBJECTIVES", "make_objective"]
 
@@ -29,6 +34,8 @@ OBJECTIVES: Mapping[str, Callable[..., pyro.infer.ELBO]] = {
     "elbo": pyro.infer.Trace_ELBO,
     "meanfield_elbo": pyro.infer.TraceMeanField_ELBO,
     "iwae": IWAE,
+    "vimco": VIMCO,
+    "rws": RWS,
 }
 
 
