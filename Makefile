@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := $(wildcard pvae tests benchmarks examples docs tools)
 
-.PHONY: install run test test-gpu lint format bench bench-gpu docs clean
+.PHONY: install run test test-gpu lint format bench bench-gpu docs notebooks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-gpu: $(STAMP)  ## on a CUDA machine: step table, a Fashion-MNIST epoch, k=
 
 docs: $(STAMP)  ## build the documentation site (offline) into docs/_build/html
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+notebooks: $(STAMP)  ## re-execute examples/*.ipynb in full mode, in place, and stamp them (minutes)
+	$(BIN)/python tools/run_notebooks.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache docs/_build

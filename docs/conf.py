@@ -1,9 +1,10 @@
 """Sphinx configuration: builds the site offline (no CDN, no network).
 
 Build with ``.venv/bin/sphinx-build -W -b html docs docs/_build/html``. Markdown pages are read
-by MyST (through myst-nb), the notebooks in ``examples/`` are rendered without being executed,
-the API pages come from the Google-style docstrings (autodoc + napoleon) and every formula is
-converted to MathML at build time by the local ``_ext/mathml.py`` extension.
+by MyST (through myst-nb), the notebooks in ``examples/`` are rendered with their committed
+outputs (figures, tables, numbers) without being executed, the API pages come from the
+Google-style docstrings (autodoc + napoleon) and every formula is converted to MathML at build
+time by the local ``_ext/mathml.py`` extension.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ exclude_patterns = ["_build", "_ext", "**/.ipynb_checkpoints", "Thumbs.db", ".DS
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
 
-# Notebooks are committed without outputs and are executed by the test suite, not here.
+# Notebooks are committed with the outputs of their full run (`make notebooks`, which stamps
+# them with the hash of their code; tests/test_notebooks.py checks the stamps and runs them in
+# smoke mode): the site shows those outputs and never executes a notebook.
 nb_execution_mode = "off"
 nb_ipywidgets_js: dict[str, dict[str, str]] = {}  # the default loads require.js from a CDN
 

@@ -96,7 +96,15 @@ def test_notebooks_are_pages(site):
     for nb in notebooks:
         page = site / "notebooks" / f"{nb.stem}.html"
         assert page.exists(), f"{nb.name} has no page"
-        assert "highlight-python" in page.read_text(), f"{page.name} shows no code cell"
+        text = page.read_text()
+        # code cells: Python, or IPython once executed (the kernel's language_info lexer)
+        assert re.search(r'class="highlight-i?python3?', text), f"{page.name} shows no code cell"
+        # the committed outputs are rendered: figures (as local files) and printed numbers
+        images = re.findall(r'<img\b[^>]*\bsrc="([^"]+)"', text)
+        assert images, f"{page.name} shows no figure: run `make notebooks` and commit"
+        for src in images:
+            assert (page.parent / src).is_file(), f"{page.name}: {src} is not in the site"
+        assert 'class="output' in text, f"{page.name} shows no output"
 
 
 def test_reference_pipes_are_not_escaped(site):
