@@ -54,6 +54,10 @@ def pyplot() -> Any:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if interactive():
+        # styled() calls this inside an rc_context, and leaving it resets matplotlib's
+        # interactive flag: re-selecting the notebook's own backend keeps figures showing.
+        plt.switch_backend(matplotlib.get_backend())
     return plt
 
 
