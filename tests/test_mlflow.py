@@ -114,3 +114,58 @@ def test_log_keys_are_checked(tmp_path):
         Config.from_dict({"log": {"mlflow": "yes"}})
     with pytest.raises(TypeError, match="log.mlflow_tracking_uri must be a non-empty string"):
         Config.from_dict({"log": {"mlflow_tracking_uri": ""}})
+
+
+def test_sweep_trials_are_nested_runs_of_the_sweep_run(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("optuna")
+    from pvae.sweep import SweepSettings, log_summary, run_worker, summarize
+
+    space = tmp_path / "space.toml"
+    space.write_text('["train.lr"]\ntype = "float"\nlow = 1e-3\nhigh = 1e-2\nlog = true\n')
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [
+        "train.epochs=1",
+        "model.latent_dim=2",
+        "model.encoder.hidden=[16]",
+        "model.decoder.hidden=[16]",
+        "eval.curve_ks=[]",
+        "log.mlflow=true",
+        f"log.mlflow_tracking_uri={json.dumps(uri)}",
+        'log.mlflow_experiment="sweeps"',
+    ]
+    s = SweepSettings(None, space, 2, tmp_path / "sweep", seed=0, heartbeat=1, overrides=sets)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_worker(s) == 2
+    finally:
+        torch.set_num_threads(threads)
+    summarize(s)
+    log_summary(s)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("sweeps")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = sorted(
+        (r for r in runs if "mlflow.parentRunId" in r.data.tags),
+        key=lambda r: int(r.data.tags["optuna.trial"]),
+    )
+    assert len(children) == 2 and len(runs) == 3
+    assert parent.data.tags["pvae.sweep"] == str(s.out.resolve())
+    assert parent.data.params["sweep.objective"] == "val_elbo"
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "summary.csv",
+        "summary.md",
+        "best.toml",
+    }
+    for i, child in enumerate(children):
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        folder = (s.out / f"trial-{i:04d}").resolve()
+        assert child.data.tags[RUN_DIR_TAG] == str(folder)
+        assert float(child.data.params["train.lr"]) == read_run_config(folder).train.lr
+        (point,) = client.get_metric_history(child.info.run_id, "val_elbo")
+        assert point.step == 1
+    best = max(c.data.metrics["val_elbo"] for c in children)
+    assert parent.data.metrics["best_val_elbo"] == pytest.approx(best, rel=1e-12)
