@@ -154,7 +154,7 @@ def start_worker(s, seed, *extra):
         args += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "pvae", "sweep", *args, "--threads", "1", *extra],
+        [sys.executable, "-m", "pvae", "sweep", *args, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

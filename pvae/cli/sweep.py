@@ -23,6 +23,8 @@ from pvae.sweep import (
 
 __all__ = ["add_parser", "run"]
 
+WORKER_ENV = "PVAE_SWEEP_WORKER"  # set by --workers in the processes it starts
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``pvae sweep``; it runs :func:`run`."""
@@ -67,9 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
                    help="seconds between a running trial's heartbeats; a trial silent for "
                    "--grace seconds (default 2 heartbeats + 5) is marked FAIL")  # fmt: skip
-    p.add_argument("--grace", type=int, default=None, metavar="SECONDS", help=argparse.SUPPRESS)
-    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--grace", type=int, default=None, metavar="SECONDS",
+                   help="seconds without a heartbeat before a trial is marked FAIL")  # fmt: skip
     p.set_defaults(func=run)
     return p
 
@@ -100,22 +101,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be a positive integer, got {args.workers}")
     s = settings(args)
     space, _ = prepare(s)  # every check before any work (and Optuna's absence, named)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    prefix = "" if args.worker_index is None else f"worker {args.worker_index}: "
+    # A worker started by --workers: its index from the parent (its threads: OMP_NUM_THREADS).
+    index = os.environ.get(WORKER_ENV)
+    worker = None if index is None else int(index)
+    prefix = "" if worker is None else f"worker {worker}: "
 
     def say(trial: Any) -> None:
         print(prefix + trial_line(trial, s.objective), flush=True)
 
     status = 0
     if args.workers == 1:
-        run_worker(s, worker=args.worker_index or 0, say=say)
+        run_worker(s, worker=worker or 0, say=say)
     else:
         open_study(s, space)  # the storage's tables, before the workers race for them
         status = _spawn(args)
-    if args.worker_index is None:  # a worker started by --workers leaves this to its parent
+    if worker is None:  # a worker started by --workers leaves this to its parent
         print(summarize(s), end="")
         log_summary(s)
     return status
@@ -123,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _spawn(args: argparse.Namespace) -> int:
     """Start ``--workers`` processes of this command, one worker each, and wait for them."""
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = max(1, (os.cpu_count() or 1) // args.workers)  # torch reads OMP_NUM_THREADS
     base = [sys.executable, "-m", "pvae", "sweep", "--space", str(args.space)]
     base += ["--trials", str(args.trials), "--objective", args.objective]
     base += ["--pruner", args.pruner, "--heartbeat", str(args.heartbeat)]
     base += ["--startup-trials", str(args.startup_trials)]
-    base += ["--study-dir", str(settings(args).out), "--threads", str(threads)]
+    base += ["--study-dir", str(settings(args).out)]
     for flag, value in (
         ("--config", args.config),
         ("--storage", args.storage),
@@ -142,7 +142,8 @@ def _spawn(args: argparse.Namespace) -> int:
     procs = []
     for i in range(args.workers):
         seed = [] if args.seed is None else ["--seed", str(args.seed)]
-        procs.append(subprocess.Popen([*base, *seed, "--worker-index", str(i)]))
+        env = {**os.environ, WORKER_ENV: str(i), "OMP_NUM_THREADS": str(threads)}
+        procs.append(subprocess.Popen([*base, *seed], env=env))
     codes = [p.wait() for p in procs]
     bad = [f"worker {i} (exit status {c})" for i, c in enumerate(codes) if c != 0]
     if bad:

@@ -59,11 +59,13 @@ def _cell(v: Any) -> str:
 
 
 def trial_line(trial: Any, objective: str) -> str:
+    """One line on a trial that ended: its state, value, epochs, params and note."""
     r = _row(trial, list(trial.params))
     params = ", ".join(f"{k}={_cell(v)}" for k, v in trial.params.items())
     what = f"{objective} {_cell(r['objective'])}" if r["objective"] is not None else "no value"
     tail = f" ({r['note']})" if r["note"] else ""
-    return f"trial {trial.number} {r['state']}: {what} after {r['epochs']} epochs, {params}{tail}"
+    epochs = f"{r['epochs']} epoch{'' if r['epochs'] == 1 else 's'}"
+    return f"trial {trial.number} {r['state']}: {what} after {epochs}, {params}{tail}"
 
 
 def summarize(s: SweepSettings) -> str:
