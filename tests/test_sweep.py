@@ -72,10 +72,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-pytest.importorskip("optuna")  # the dev extra installs it; CI runs these
+@pytest.fixture
+def optuna():
+    return pytest.importorskip("optuna")  # the dev extra installs it; CI runs these
 
 
-def test_the_shipped_space_and_its_checks(tmp_path):
+def test_the_shipped_space_and_its_checks(tmp_path, optuna):
     space = load_space(SPACE)
     assert list(space) == ["train.lr", "model.prior.name", "model.latent_dim"]
     lr, prior, dim = space.values()
@@ -112,7 +114,7 @@ def test_the_shipped_space_and_its_checks(tmp_path):
         check_objective("test_elbo", cfg)
 
 
-def test_trials_are_run_folders_pruned_from_the_validation_elbo(tmp_path, capsys):
+def test_trials_are_run_folders_pruned_from_the_validation_elbo(tmp_path, optuna):
     s = settings(tmp_path, 3, startup_trials=1)
     s.overrides = [*TINY, "train.epochs=2"]
     study = open_study(s, load_space(s.space))
@@ -162,7 +164,7 @@ def start_worker(s, seed, *extra):
     )
 
 
-def test_two_worker_processes_share_one_sqlite_study(tmp_path):
+def test_two_worker_processes_share_one_sqlite_study(tmp_path, optuna):
     s = settings(tmp_path, 4)
     a, b = start_worker(s, 0), start_worker(s, 1)
     outs = [p.communicate(timeout=600) for p in (a, b)]
@@ -180,7 +182,7 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     assert numbers == sorted(trials)
 
 
-def test_a_killed_workers_trial_is_marked_failed_and_replaced(tmp_path, capsys):
+def test_a_killed_workers_trial_is_marked_failed_and_replaced(tmp_path, capsys, optuna):
     s = settings(tmp_path, 1, grace=3)
     s.overrides = [*TINY, "train.epochs=500"]  # still training when killed
     worker = start_worker(s, 0, "--grace", "3")
