@@ -45,9 +45,11 @@ Example:
 
         for p in standard_normal mog vamp; do
             pvae train --set model.prior.name=$p --seeds 0 1 2 --out runs/$p --quiet
-            for s in 0 1 2; do pvae evaluate runs/$p/seed-$s > /dev/null; done
         done
         pvae compare runs/standard_normal runs/mog runs/vamp --reference 0 --plot curves.png
+
+    (``pvae compare`` first evaluates and stores each run that has no evaluation yet, as
+    ``pvae evaluate RUN`` would, and says so on stderr; ``--no-evaluate`` refuses instead)
 
     or from Python, on runs trained and evaluated (:func:`~pvae.runs.evaluate_run`) the same way:
 
@@ -62,23 +64,27 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pvae.config import canonical, load_config
+from pvae.compare_runs import (
+    IGNORED_KEYS,
+    IGNORED_SECTIONS,
+    ComparedRun,
+    evaluate_pending,
+    group_key,
+    read_run,
+)
 from pvae.files import finite
 from pvae.rundir import (
-    CONFIG,
-    EVALUATION_DIR,
     Evaluation,
     data_fingerprint,
     find_runs,
     load_evaluation,
-    read_history,
     save_evaluation,
 )
 from pvae.runs import evaluate_run
@@ -86,6 +92,8 @@ from pvae.runs import evaluate_run
 # The per-datapoint store (Evaluation, save/load_evaluation, data_fingerprint) lives with the run
 # folder (pvae.rundir), evaluate_run with the runs (pvae.runs); both stay importable from here.
 __all__ = [
+    "IGNORED_KEYS",
+    "IGNORED_SECTIONS",
     "Comparison",
     "Difference",
     "Evaluation",
@@ -98,88 +106,11 @@ __all__ = [
     "save_evaluation",
 ]
 
-# Settings that do not change what is trained: left out of a group's key.
-IGNORED_KEYS = frozenset(
-    {
-        "train.seed",
-        "train.progress",
-        "train.device",
-        "train.compile",  # the same model, compiled or not
-        "eval.batch_size",
-        "eval.k",  # evaluation settings, stored with each evaluation (k is noted if it differs)
-        "eval.num_samples",
-        "data.root",
-        "data.download",
-    }
-)
-IGNORED_SECTIONS = frozenset({"log"})
-
-
 # --------------------------------------------------------------------------- grouping
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def _group_key(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flattened canonical config without the seed and output-only settings."""
-    return {
-        k: v
-        for k, v in _flatten(config).items()
-        if k not in IGNORED_KEYS and k.split(".", 1)[0] not in IGNORED_SECTIONS
-    }
 
 
 def _show(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
-
-
-@dataclass
-class _Run:
-    path: Path
-    seed: int
-    config: dict[str, Any]  # canonical: defaults filled in, one spelling
-    said: set[str]  # the flattened keys of config whose values are not their defaults
-    history: list[dict[str, float]]
-    evaluation: Evaluation
-
-
-def _read(path: Path, split: str) -> _Run:
-    cfg = load_config(path / CONFIG, name=f"{CONFIG} of run {str(path)!r}")
-    history = read_history(path)
-    ev = load_evaluation(path, split)
-    if ev.n == 0:
-        raise ValueError(
-            f"run {str(path)!r}: its stored {split} evaluation "
-            f"({path / EVALUATION_DIR / f'{split}.npz'}) holds 0 datapoints, so there is no mean "
-            f"to compare; compare on a split that has datapoints (--split), or evaluate this one "
-            f"again: pvae evaluate {path} --split {split}"
-        )
-    last = history[-1].get("epoch")
-    if ev.epoch is not None and last is not None and ev.epoch != last:
-        raise ValueError(
-            f"the stored {split} evaluation of run {str(path)!r} is of epoch {ev.epoch}, but the "
-            f"run has trained to epoch {last}; evaluate it again with: pvae evaluate {path} "
-            f"--split {split}"
-        )
-    for name, a in (("ELBO", ev.elbo), ("log p(x)", ev.log_px)):
-        bad = 0 if a is None else int((~np.isfinite(a)).sum())
-        if bad:  # one would make every mean and s.e. of the comparison NaN
-            raise ValueError(
-                f"run {str(path)!r}: {bad} of the {ev.n} stored {split} {name} values are not "
-                "finite (a datapoint the model gives no mass to, or a diverged model); a "
-                "comparison of means needs them all finite"
-            )
-    said = set(_flatten(canonical(cfg, defaults=False)))
-    return _Run(path, int(cfg.train.seed), canonical(cfg), said, history, ev)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -229,7 +160,7 @@ class Group:
     runs: list[Path]
     seeds: list[int]
     metrics: dict[str, Pooled]
-    _runs: list[_Run] = field(repr=False)
+    _runs: list[ComparedRun] = field(repr=False)
 
     @property
     def histories(self) -> list[list[dict[str, float]]]:
@@ -445,11 +376,11 @@ def _final(history: list[dict[str, float]], key: str) -> float | None:
     return None
 
 
-def _groups(runs: list[_Run], split: str) -> list[Group]:
+def _groups(runs: list[ComparedRun], split: str) -> list[Group]:
     keys: list[dict[str, Any]] = []
-    members: list[list[_Run]] = []
+    members: list[list[ComparedRun]] = []
     for r in runs:
-        key = _group_key(r.config)
+        key = group_key(r.config)
         for i, k in enumerate(keys):
             if k == key:
                 members[i].append(r)
@@ -530,6 +461,9 @@ def compare(
     split: str = "test",
     *,
     reference: str | int | None = None,
+    evaluate: bool = False,
+    device: str = "cpu",
+    on_evaluate: Callable[[Path, str], None] | None = None,
 ) -> Comparison:
     """Group runs by configuration (seeds pooled) and compare them on the same datapoints.
 
@@ -547,6 +481,12 @@ def compare(
         reference: The group the paired differences are taken from: its label, one of its run
             folders, or its index; ``None``: the best group by mean log p(x) (ELBO when not every
             run stored log p(x)).
+        evaluate: First evaluate and store each run whose ``split`` evaluation is missing or of
+            an earlier epoch than its last, with the run's own ``[eval]`` settings and seed 0,
+            as ``pvae evaluate RUN --split SPLIT`` does
+            (:func:`~pvae.compare_runs.evaluate_pending`); without it such a run is refused.
+        device: Where those evaluations run.
+        on_evaluate: Called as ``on_evaluate(run, reason)`` before each of them.
 
     Returns:
         A :class:`Comparison` (``.table()``, ``.to_dict()``, ``.plot(path)``).
@@ -558,7 +498,10 @@ def compare(
             with the same seed (repeats of one run: pooled as two seeds they would shrink the s.e.
             over seeds).
     """
-    read = [_read(p, split) for p in find_runs(runs)]
+    paths = find_runs(runs)
+    if evaluate:
+        evaluate_pending(paths, split, device=device, announce=on_evaluate)
+    read = [read_run(p, split) for p in paths]
     first = read[0]
     for r in read[1:]:
         if (r.evaluation.n, r.evaluation.fingerprint) != (

@@ -189,19 +189,40 @@ class LogOptions:
         quiet: Nothing but errors and, after Ctrl-C, where the checkpoint is: no progress, no
             per-epoch lines (written on stderr otherwise, even without ``train.progress``), no
             closing summary.
+        mlflow: ``pvae train`` logs the run to MLflow (:class:`~pvae.training.MLflowLogger`:
+            the flattened config as params, every epoch's metrics, the final ones, the figures
+            and the config as artifacts, the run folder as the tag ``pvae.run_dir``; needs
+            ``pip install pyro-vae-toolkit[mlflow]``).
+        mlflow_tracking_uri: Where MLflow stores runs; unset: ``$MLFLOW_TRACKING_URI``, else
+            ``sqlite:///mlflow.db`` in the current folder (artifacts under ``./mlruns``).
+        mlflow_experiment: The MLflow experiment the run goes into (created if missing).
     """
 
     csv: bool = True
     tensorboard: bool = False
     every: float = 30.0
     quiet: bool = False
+    mlflow: bool = False
+    mlflow_tracking_uri: str | None = field(default=None, metadata=OPTIONAL)
+    mlflow_experiment: str = "pvae"
 
     def check(self, toml: bool = False) -> None:
         """As :meth:`TrainOptions.check`, for ``[log]``."""
         name = _namer("log", toml)
-        for key in ("csv", "tensorboard", "quiet"):
+        for key in ("csv", "tensorboard", "quiet", "mlflow"):
             _boolean(name(key), getattr(self, key), toml)
         positive_float(name("every"), self.every, allow_zero=True)
+        uri = self.mlflow_tracking_uri
+        if uri is not None and (not isinstance(uri, str) or not uri.strip()):
+            raise TypeError(
+                f"{name('mlflow_tracking_uri')} must be a non-empty string such as "
+                f"'sqlite:///mlflow.db' (or left out), got {uri!r}"
+            )
+        if not isinstance(self.mlflow_experiment, str) or not self.mlflow_experiment.strip():
+            raise TypeError(
+                f"{name('mlflow_experiment')} must be a non-empty string, got "
+                f"{self.mlflow_experiment!r}"
+            )
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from pvae.training.callbacks import Callback, run_loggers
 from pvae.training.changes import check_resume
 from pvae.training.changes import note as note_changes
 from pvae.training.checkpointing import check_run_dir
+from pvae.training.mlflow import log_evaluation
 from pvae.training.runlock import check_not_locked
 
 __all__ = [
@@ -81,12 +82,16 @@ def train_from_config(
     data: DataSplits | None = None,
     callbacks: Sequence[Callback] = (),
     allow_changes: Sequence[str] = (),
+    mlflow_parent: str | None = None,
+    mlflow_tags: Mapping[str, str] | None = None,
 ) -> FitResult:
     """Build data and model from ``cfg`` and train into ``run_dir`` (writing ``config.toml``).
 
     ``[log]`` turns on the loggers, which write into the run folder on the main process:
     ``metrics.csv`` (``log.csv``) and ``tensorboard/`` (``log.tensorboard``); a resumed run
-    appends to them. ``callbacks`` are passed to :func:`~pvae.fit` after those.
+    appends to them. ``log.mlflow`` logs the run to MLflow
+    (:class:`~pvae.training.mlflow.MLflowLogger`), as a nested run of ``mlflow_parent`` if
+    given, with ``mlflow_tags``. ``callbacks`` are passed to :func:`~pvae.fit` after those.
 
     A resume continues the same model on the same data: ``cfg`` may differ from the
     configuration the checkpoint records only in the keys of
@@ -119,7 +124,11 @@ def train_from_config(
             f"allow_changes (--allow-change) applies to a resumed run, got {list(allow_changes)} "
             "for a new one"
         )
-    loggers = run_loggers(cfg.log, run_path) if main else []
+    loggers = (
+        run_loggers(cfg.log, run_path, mlflow_parent=mlflow_parent, mlflow_tags=mlflow_tags)
+        if main
+        else []
+    )
     data = data if data is not None else load_data(cfg.data)
     pyro.set_rng_seed(cfg.train.seed)  # seeds the initial weights
     vae = build_vae(cfg.model, data.data_shape)
@@ -251,7 +260,8 @@ def evaluate_run(
     prior hole for a model with one encoder and a prior (``encode`` and ``prior``), active
     units per latent site for any other pair. The per-datapoint values go to
     ``RUN/evaluation/<split>.npz`` (:func:`~pvae.rundir.save_evaluation`, on the main process)
-    unless ``store`` is false or ``data`` is given.
+    unless ``store`` is false or ``data`` is given; a run with ``log.mlflow`` also logs the
+    stored evaluation to its MLflow run (:func:`pvae.training.mlflow.log_evaluation`).
 
     Args:
         run_dir: The run folder.
@@ -324,7 +334,18 @@ def evaluate_run(
     ev = replace(ev, report=report, elbo_estimate=elbo, log_px_estimate=est)
     if data is None and store and _is_main():
         ev = _store(ev, on_store_error)
+        if ev.stored is not None and run.config.log.mlflow:
+            _log_mlflow(run, ev.report)
     return ev
+
+
+def _log_mlflow(run: Run, report: dict[str, Any]) -> None:
+    """A stored evaluation of a run that logs to MLflow (``log.mlflow``) goes to its MLflow
+    run too; without the package the evaluation stands, and stderr says what was not logged."""
+    try:
+        log_evaluation(run.config.log, run.path, report)
+    except ModuleNotFoundError as err:
+        print(f"pvae: evaluation stored but not logged to MLflow: {err}", file=sys.stderr)
 
 
 def _checked_k(k: Any) -> int:

@@ -30,7 +30,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("pvae.plotting",),
     ("pvae.rundir",),
     ("pvae.training",),
-    ("pvae.runs", "pvae.compare"),
+    ("pvae.runs", "pvae.compare", "pvae.compare_runs", "pvae.sweep"),
     ("pvae.cli", "pvae.__main__"),
 ]
 # The one sanctioned upward reference: a result's .plot() hands its figure to the plotting floor,

@@ -235,3 +235,51 @@ def test_errors_name_the_run_and_the_fix(runs, tmp_path):
         ValueError, match="neither a group label, one of the runs nor a group index"
     ):
         compare([a], reference="vamp")
+
+
+def test_compare_evaluates_runs_without_a_stored_evaluation(runs, tmp_path, capsys):
+    """pvae compare evaluates (and stores) a run with no evaluation, or a stale one, with the
+    run's own [eval] settings and seed 0, exactly as pvae evaluate does; it says so on stderr;
+    --no-evaluate refuses instead and writes nothing."""
+    fresh, kept = tmp_path / "fresh", tmp_path / "kept"
+    shutil.copytree(runs["normal"][0], fresh)
+    shutil.copytree(runs["normal"][1], kept)
+    shutil.rmtree(fresh / "evaluation")
+    before = (kept / "evaluation" / "test.npz").read_bytes()
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    refused = parser.parse_args(["compare", str(fresh), str(kept), "--no-evaluate"])
+    with pytest.raises(ValueError, match=rf"run '{fresh}' has no stored evaluation"):
+        refused.func(refused)
+    assert not (fresh / "evaluation").exists()
+    args = parser.parse_args(["compare", str(fresh), str(kept), "--json", "--device", "cpu"])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    notices = [line for line in captured.err.splitlines() if "evaluating" in line]
+    assert notices == [
+        f"pvae compare: evaluating {fresh} (no stored test evaluation) with its [eval] "
+        "settings, as pvae evaluate does; the values are stored in the run folder "
+        "(--no-evaluate refuses instead)"
+    ]
+    assert (kept / "evaluation" / "test.npz").read_bytes() == before  # a current one is kept
+    stored = load_evaluation(fresh)
+    expected = evaluate_run(fresh, "test", store=False)  # pvae evaluate's defaults: seed 0
+    assert stored.k == TINY["eval"]["k"] == 20 and stored.meta["num_samples"] == 100
+    np.testing.assert_array_equal(stored.log_px, expected.log_px)
+    np.testing.assert_array_equal(stored.elbo, expected.elbo)
+    out = json.loads(captured.out)
+    assert out["groups"][0]["seeds"] == [0, 1]
+    assert out["groups"][0]["metrics"]["test_log_px"]["values"][0] == pytest.approx(
+        float(stored.log_px.mean()), abs=1e-12
+    )
+    # a stale evaluation (the run trained on) is evaluated again, of the new last epoch
+    cfg = _config(None, 0)
+    cfg.train.epochs = 3
+    pvae.train_from_config(cfg, fresh, resume=True)
+    notes = []
+    c = compare([fresh, kept], evaluate=True, on_evaluate=lambda p, why: notes.append((p, why)))
+    assert notes == [
+        (fresh, "its stored test evaluation is of epoch 2, the run's last is 3"),
+    ]
+    assert load_evaluation(fresh).epoch == 3
+    assert [g.seeds for g in c.groups] == [[0], [1]]  # 3 epochs and 2: two configurations

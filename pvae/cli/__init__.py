@@ -1,4 +1,4 @@
-"""pvae command line: train, evaluate, bounds, ais, compare, plot and sample.
+"""pvae command line: train, evaluate, bounds, ais, compare, plot, sample and sweep.
 
 Examples::
 
@@ -12,6 +12,7 @@ Examples::
     pvae bounds runs/a --ais-steps 500 --bdmc 100     # ... with AIS and a BDMC sandwich
     pvae ais runs/a --steps 1000 --chains 16 --subset 500 --bdmc 100
     pvae compare runs/b/seed-* runs/c/seed-* --plot curves.png
+    pvae sweep --config base.toml --space space.toml --trials 20 --study-dir sweeps/a
     pvae sample runs/a -n 64                          # runs/a/samples-64-seed0.png
     pvae sample runs/a -n 10000 --npy samples.npy     # the samples as an array file
     pvae plot runs/a --what traversals   # also manifold, samples, recon, curves, kl, khat,
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 
 from pvae import distributed
 from pvae.checkpoint import CheckpointError
-from pvae.cli import ais, bounds, compare, evaluate, plot, sample, train
+from pvae.cli import ais, bounds, compare, evaluate, plot, sample, sweep, train
 from pvae.cli.common import fail
 from pvae.cli.plot import PLOTS
 from pvae.datasets import DataUnavailableError
@@ -37,7 +38,7 @@ __all__ = ["COMMANDS", "PLOTS", "build_parser", "main"]
 
 # One module per command, each with add_parser(subparsers) and run(args) -> exit status; in the
 # order ``pvae --help`` lists them. A new command is a module here and a line in this tuple.
-COMMANDS = (train, evaluate, bounds, ais, plot, sample, compare)
+COMMANDS = (train, evaluate, bounds, ais, plot, sample, compare, sweep)
 # Commands that join the torchrun process group (DDP training, sharded evaluation).
 DISTRIBUTED = ("train", "evaluate", "bounds", "ais")
 

@@ -253,15 +253,35 @@ def _summary_writer() -> type:
     return SummaryWriter
 
 
-def run_loggers(log: LogOptions, run_dir: str | Path) -> list[Callback]:
+def run_loggers(
+    log: LogOptions,
+    run_dir: str | Path,
+    *,
+    mlflow_parent: str | None = None,
+    mlflow_tags: Mapping[str, str] | None = None,
+) -> list[Callback]:
     """The loggers ``[log]`` turns on for a run folder: :class:`CSVLogger` into
-    ``metrics.csv`` (``log.csv``) and :class:`TensorBoardLogger` into ``tensorboard/``
-    (``log.tensorboard``; raises ``ModuleNotFoundError`` at once, before anything is written,
-    when the package is missing or fails to import)."""
+    ``metrics.csv`` (``log.csv``), :class:`TensorBoardLogger` into ``tensorboard/``
+    (``log.tensorboard``) and :class:`~pvae.training.mlflow.MLflowLogger` (``log.mlflow``,
+    a nested run of ``mlflow_parent`` if given, with ``mlflow_tags``). A logger whose package
+    is missing or fails to import raises ``ModuleNotFoundError`` at once, before anything is
+    written."""
     run_path = Path(run_dir)
     out: list[Callback] = []
     if log.csv:
         out.append(CSVLogger(run_path / METRICS_CSV))
     if log.tensorboard:
         out.append(TensorBoardLogger(run_path / TENSORBOARD))
+    if log.mlflow:
+        from pvae.training.mlflow import MLflowLogger  # it subclasses Callback, defined here
+
+        out.append(
+            MLflowLogger(
+                log.mlflow_tracking_uri,
+                log.mlflow_experiment,
+                run_dir=run_path,
+                parent_run_id=mlflow_parent,
+                tags=mlflow_tags,
+            )
+        )
     return out
