@@ -222,7 +222,9 @@ def test_log_section_turns_the_loggers_on_in_the_run_folder(tmp_path, capsys):
 
 def test_log_and_compile_keys_are_checked():
     with pytest.raises(
-        ValueError, match=r"unknown key in \[log\] 'csvv'; valid: csv, every, quiet"
+        ValueError,
+        match=r"unknown key in \[log\] 'csvv'; valid: csv, every, mlflow, mlflow_experiment, "
+        r"mlflow_tracking_uri, quiet, tensorboard",
     ):
         Config.from_dict({"log": {"csvv": True}})
     with pytest.raises(TypeError, match="log.tensorboard must be true or false, got 'yes'"):
