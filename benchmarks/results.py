@@ -7,7 +7,7 @@ evaluated the same way, written as one table into ``docs/results.md`` (``make re
 
 Each (config, seed) is ``pvae train --config C --set data.name=fashion-mnist --set
 train.epochs=E --set train.seed=S --set train.batch_size=B``, then ``pvae evaluate RUN --k K
---first N`` (test log p(x) as IWAE_K on the first N test images, dynamically binarized once,
+--subset N`` (test log p(x) as IWAE_K on the first N test images, dynamically binarized once,
 seeded; ELBO; active units), then ``pvae ais RUN --subset M`` (a stochastic lower bound of
 log p(x) on the first M test images, Wallach/Neal AIS with HMC). The table's figures are mean ±
 s.e. over seeds (s.e. = sample standard deviation / sqrt(seeds); with one seed, the Monte
@@ -70,7 +70,7 @@ def one_run(config: Path, seed: int, args: argparse.Namespace) -> dict:
         pvae("train", "--config", str(config), "--out", str(run), "--quiet",
              *[a for s in sets for a in ("--set", s)])  # fmt: skip
     history = json.loads((run / "metrics.json").read_text())
-    ev = json.loads(pvae("evaluate", str(run), "--k", str(args.k), "--first", str(args.subset),
+    ev = json.loads(pvae("evaluate", str(run), "--k", str(args.k), "--subset", str(args.subset),
                          "--json", "--quiet"))  # fmt: skip
     ais = json.loads(pvae("ais", str(run), "--subset", str(args.ais_subset), "--json", "--quiet"))
     return {

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pvae.rundir
 from pvae.cli import PLOTS, main
 
 QUICK = [
@@ -509,6 +510,23 @@ def test_evaluate_stores_what_compare_pools(run_dir, tmp_path, capsys):
     assert plot.is_file()
     assert main(["compare", str(run_dir)]) == 0
     assert "log p(x)" in capsys.readouterr().out
+
+
+def test_evaluate_subset_scores_the_first_datapoints_of_the_same_draw(run_dir, capsys):
+    """--subset N: the first N datapoints of the split (as the full evaluation draws it),
+    stored for compare with the subset in its settings; more than the split refused."""
+    capsys.readouterr()
+    args = ["evaluate", str(run_dir), "--k", "30", "--device", "cpu", "--json", "--no-store"]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main([*args[:-1], "--subset", "50", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 50
+    ev = pvae.rundir.load_evaluation(run_dir)
+    assert ev.log_px.shape == (50,) and ev.meta["subset"] == 50 and full["n"] == 359
+    assert main([*args, "--subset", "360"]) == 2
+    assert "subset 360 is more than the test split's 359 datapoints" in capsys.readouterr().err
+    assert main([*args, "--subset", "0"]) == 2
+    assert "--subset must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_long_evaluations_report_progress_on_stderr(run_dir, monkeypatch, capsys):

@@ -107,7 +107,12 @@ def test_user_arrays_and_files(tmp_path):
 @pytest.mark.parametrize(
     ("args", "kwargs", "err", "match"),
     [
-        (("cifar",), {}, ValueError, "unknown dataset 'cifar'; valid: cifar10, digits, fashion-mnist, file"),
+        (
+            ("cifar",),
+            {},
+            ValueError,
+            "unknown dataset 'cifar'; valid: cifar10, digits, fashion-mnist, file",
+        ),
         (("digits",), {"binarize": "yes"}, ValueError, "unknown binarize 'yes'; valid: dynamic"),
         ((np.zeros((0, 3)),), {}, ValueError, "data is empty"),
         ((np.array([[1.0, np.inf]]),), {}, ValueError, "1 NaN or infinite values"),

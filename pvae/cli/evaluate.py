@@ -35,6 +35,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="score this .npy/.npz instead of a split of the run's data",
     )
+    e.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N datapoints of the split (stored as the split's evaluation; "
+        "pvae compare pairs runs evaluated on the same N)",
+    )
     e.add_argument("--num-samples", type=int, default=None, help="z samples per datapoint")
     e.add_argument(
         "--k",
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             data=args.data,
+            subset=args.subset,
             max_k=args.max_k,
             target_se=args.target_se,
             store=not args.no_store,
@@ -106,6 +115,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--k must be a positive integer (or 0 to skip log p(x)), got {args.k}")
     if args.num_samples is not None:
         positive_int("--num-samples", args.num_samples)
+    if args.subset is not None:
+        positive_int("--subset", args.subset)
     if args.max_k is not None:
         positive_int("--max-k", args.max_k)
     if args.target_se is not None:
