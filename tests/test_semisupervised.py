@@ -1,6 +1,7 @@
 """SemiSupervisedVAE (Kingma et al. 2014, M2): exact objectives on a model whose bound has no
 Monte Carlo error, labels through the data plate, log p(x) with sampled y, and training."""
 
+import importlib.util
 import math
 
 import numpy as np
@@ -305,3 +306,39 @@ def test_config_with_enumeration_loads():
         {"model": {"semisupervised": {"num_classes": 3}}, "train": {"objective": "enum_elbo"}}
     )
     assert build_vae(cfg.model, (4,)).enumerate_y
+
+
+@pytest.mark.skipif("enum_elbo" not in OBJECTIVES, reason="needs fit's enum_elbo (issue 24 item 1)")
+def test_the_shipped_m2_config_loads():
+    from pathlib import Path
+
+    from pvae.config import build_vae, load_config
+
+    path = Path(__file__).parents[1] / "examples" / "configs" / "m2-fashion-mnist.toml"
+    cfg = load_config(path)
+    assert cfg.data.labels_per_class == 100
+    m = build_vae(cfg.model, (1, 28, 28))
+    assert m.num_classes == 10 and m.enumerate_y and m.latent_dim == 16
+
+
+needs_enumerating_log_px = pytest.mark.skipif(
+    importlib.util.find_spec("pvae.enumeration") is None,
+    reason="needs log_px's enumeration (issue 24 item 2)",
+)
+
+
+@needs_enumerating_log_px
+def test_enumerated_log_px_is_exact_and_tighter_than_sampling_y():
+    m = exact_model()
+    x, _ = data()
+    _, exact = by_hand(m, x, torch.full((len(x),), -1), len(x), 0, 0.0)
+    for k in (1, 7):
+        torch.testing.assert_close(pvae.log_px(m, x, k=k).log_px, exact, rtol=0, atol=1e-10)
+    # a model whose z matters: at equal k, summing y out has the smaller s.e.
+    torch.manual_seed(0)
+    m = pvae.SemiSupervisedVAE(pvae.priors.StandardNormal(2), 3, data_shape=(P,), hidden=(8,))
+    m = m.double()
+    enum = pvae.log_px(m, x, k=50, seed=0)
+    m.enumerate_y = False
+    sampled = pvae.log_px(m, x, k=50, seed=0)
+    assert float(enum.se.mean()) < float(sampled.se.mean())
