@@ -8,7 +8,7 @@
 ['train_elbo', 'val_elbo', 'val_elbo_se']
 """
 
-from pvae import datasets, diagnostics, guides, likelihoods, nets, priors, training
+from pvae import datasets, diagnostics, guides, labels, likelihoods, nets, priors, training
 from pvae.checkpoint import CheckpointError
 from pvae.compare import Comparison, compare
 from pvae.config import Config, build_vae, load_config
@@ -32,6 +32,7 @@ from pvae.hierarchical import HierarchicalVAE
 from pvae.linear_gaussian import LinearGaussian, LinearGaussianChain
 from pvae.model import VAE
 from pvae.runs import Run, load_run, train_from_config
+from pvae.semisupervised import SemiSupervisedVAE
 from pvae.training import (
     Callback,
     CSVLogger,
@@ -63,6 +64,7 @@ __all__ = [
     "LinearGaussianChain",
     "LogPxEstimate",
     "Run",
+    "SemiSupervisedVAE",
     "TensorBoardLogger",
     "TrainingDivergedError",
     "__version__",
@@ -77,6 +79,7 @@ __all__ = [
     "evaluate_elbo",
     "fit",
     "guides",
+    "labels",
     "likelihoods",
     "load_config",
     "load_run",

@@ -44,6 +44,7 @@ from torch import nn
 
 from pvae import datasets, nets
 from pvae._checks import lookup, one_of, positive_int
+from pvae.config import semisupervised
 from pvae.config.text import apply_overrides, dumps_toml
 from pvae.config.usercode import UserCodeError, build_class, class_path
 from pvae.guides import GUIDES
@@ -98,6 +99,7 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
+    labels_per_class: int | None = field(default=None, metadata=OPTIONAL)  # see .semisupervised
 
 
 @dataclass
@@ -115,6 +117,7 @@ class ModelConfig:
     activation: str | None = field(default=None, metadata=OPTIONAL)
     class_: str | None = field(default=None, metadata={**OPTIONAL, "key": "class"})
     kwargs: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
+    semisupervised: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
 
     @property
     def layers(self) -> list[int]:
@@ -200,6 +203,7 @@ class Config:
         _validate_model(self.model, self.train)
         _validate_components(self.model)
         _validate_pairing(self)
+        semisupervised.validate(self)
         self.options.check(toml=True)
 
 
@@ -442,6 +446,8 @@ def _canonical_model(m: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         default.update(hidden=[[2 * d, 2 * d] for d in layers], activation=_ACTIVATION)
         full["hidden"] = default["hidden"] if m.hidden is None else _plain(m.hidden)
         full["activation"] = m.activation or _ACTIVATION
+    if m.semisupervised is not None:
+        full["semisupervised"] = semisupervised.canonical(m.semisupervised)
     return full, default
 
 
@@ -525,6 +531,8 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
     prior = _instantiate("prior", lookup("model.prior.name", PRIORS, name), kw, latent_dim=latent)
     name, kw = _split(model.likelihood)
     lik = _instantiate("likelihood", lookup("model.likelihood.name", LIKELIHOODS, name), kw)
+    if model.semisupervised is not None:
+        return semisupervised.build(model, prior, lik, data_shape)
     if len(layers) > 1:
         return HierarchicalVAE(
             layers,
