@@ -22,6 +22,7 @@ from pvae import distributed as D
 from pvae._checks import positive_float, positive_int
 from pvae.checkpoint import CheckpointError, check_state_matches, load_checkpoint
 from pvae.config import Config, build_vae, load_data
+from pvae.config.semisupervised import attach_labels
 from pvae.datasets import DataSplits, as_float, read_array_file
 from pvae.evaluation import ElboEstimate, LogPxEstimate, evaluate_elbo, log_px
 from pvae.rundir import CHECKPOINT, CONFIG, Evaluation, read_run_config
@@ -132,6 +133,7 @@ def train_from_config(
     data = data if data is not None else load_data(cfg.data)
     pyro.set_rng_seed(cfg.train.seed)  # seeds the initial weights
     vae = build_vae(cfg.model, data.data_shape)
+    attach_labels(vae, data, cfg.data)  # a semi-supervised model's labelled subset
     return fit(
         vae,
         data,
@@ -333,6 +335,7 @@ def evaluate_run(
         )
         report.update(_log_px_report(est))
     report["diagnostics"] = diagnostics.report(run.vae, x)
+    report.update(_task_metrics(run, x, split if data is None else None))
     meta = {"seed": seed, "num_samples": num_samples, "max_k": max_k, "target_se": target_se}
     meta["subset"] = subset
     ev = RunEvaluation.of(
@@ -344,6 +347,16 @@ def evaluate_run(
         if ev.stored is not None and run.config.log.mlflow:
             _log_mlflow(run, ev.report)
     return ev
+
+
+def _task_metrics(run: Run, x: torch.Tensor, split: str | None) -> dict[str, float]:
+    """Metrics a module reports beside log p(x) given the split's labels (``metrics(x, y)``,
+    e.g. a semi-supervised VAE's test accuracy); none for other modules or unlabelled data."""
+    metrics = getattr(run.vae, "metrics", None)
+    y = None if split is None or run.data is None else run.data.split(split).y
+    if not callable(metrics) or y is None:
+        return {}
+    return dict(metrics(x, y[: x.shape[0]].to(run.device)))
 
 
 def _first(x: torch.Tensor, subset: int | None, split: str) -> torch.Tensor:

@@ -160,6 +160,8 @@ def print_report(result: RunEvaluation) -> None:
         print(f"  {line}")
     if result.log_px_estimate is not None:
         _print_log_px(out, result)
+    if "accuracy" in out:
+        print(f"  accuracy      {out['accuracy']:12.4f} (argmax q(y | x) against the split's labels)")
     if out.get("stored"):
         print(f"  per-datapoint values in {out['stored']} (read by pvae compare)")
 
