@@ -161,7 +161,8 @@ def print_report(result: RunEvaluation) -> None:
     if result.log_px_estimate is not None:
         _print_log_px(out, result)
     if "accuracy" in out:
-        print(f"  accuracy      {out['accuracy']:12.4f} (argmax q(y | x) against the split's labels)")
+        acc = out["accuracy"]
+        print(f"  accuracy      {acc:12.4f} (argmax q(y | x) against the split's labels)")
     if out.get("stored"):
         print(f"  per-datapoint values in {out['stored']} (read by pvae compare)")
 
