@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -21,6 +22,7 @@ __all__ = [
     "MLP",
     "ConvDecoder",
     "ConvEncoder",
+    "LadderPaths",
 ]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -196,3 +198,27 @@ ENCODERS: Mapping[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvEncoder}
 DECODERS: Mapping[str, type[nn.Module]] = {"mlp": MLP, "conv": ConvDecoder}
 """The decoders a config's ``[model.decoder]`` table names, each built as
 ``cls(latent_dim, out_shape, **kw)``."""
+
+
+@runtime_checkable
+class LadderPaths(Protocol):
+    """The deterministic networks of a top-down (ladder) hierarchy over latents z_1 (bottom) .. z_L.
+
+    Every network maps inputs with any number of leading batch dimensions to outputs with the same
+    leading dimensions; ``h_0 = x``. Scales are raw: the ladder applies softplus.
+
+    Attributes:
+        latent_shapes: event shapes of z_1 .. z_L.
+        up: ``up[l]`` maps h_l to h_{l+1}, l = 0..L-1 (the bottom-up deterministic pass).
+        q_heads: ``q_heads[l]`` maps h_{l+1} to ``(*batch, 2, *latent_shapes[l])``: the bottom-up
+            (loc, raw scale) estimate for z_{l+1}.
+        p_heads: ``p_heads[l]`` maps z_{l+2} to ``(*batch, 2, *latent_shapes[l])``, l = 0..L-2: the
+            top-down prior (loc, raw scale) of z_{l+1} given z_{l+2}.
+        decoder: maps z_1 to what the likelihood module takes from a decoder (as for pvae.VAE).
+    """
+
+    latent_shapes: tuple[tuple[int, ...], ...]
+    up: nn.ModuleList
+    q_heads: nn.ModuleList
+    p_heads: nn.ModuleList
+    decoder: nn.Module
