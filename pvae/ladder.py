@@ -488,6 +488,13 @@ def _restore_step(module: LadderVAE, _: Any) -> None:
 def _latent_shapes(latent_dims: Any, paths: Any) -> tuple[tuple[int, ...], ...]:
     """The layers' event shapes: the paths' ``latent_shapes`` (which ``latent_dims``, when
     given, must match in units), else one vector per ``latent_dims`` entry (default (64, 32))."""
+    if paths is not None and not (
+        isinstance(paths, nn.Module) and isinstance(paths, nets.LadderPaths)
+    ):
+        raise TypeError(
+            "paths must be an nn.Module with the pvae.nets.LadderPaths attributes (latent_shapes, "
+            f"up, q_heads, p_heads, decoder), got {type(paths).__name__}"
+        )
     if paths is None:
         dims = layer_widths((64, 32) if latent_dims is None else latent_dims)
         shapes = tuple((d,) for d in dims)
@@ -510,11 +517,6 @@ def _latent_shapes(latent_dims: Any, paths: Any) -> tuple[tuple[int, ...], ...]:
 def _checked_paths(paths: Any, L: int) -> nn.Module | None:
     if paths is None:
         return None
-    if not isinstance(paths, nn.Module) or not isinstance(paths, nets.LadderPaths):
-        raise TypeError(
-            "paths must be an nn.Module with the pvae.nets.LadderPaths attributes (latent_shapes, "
-            f"up, q_heads, p_heads, decoder), got {type(paths).__name__}"
-        )
     for attr, n in (("up", L), ("q_heads", L), ("p_heads", L - 1)):
         if len(getattr(paths, attr)) != n:
             raise ValueError(f"paths.{attr} must hold {n} modules, got {len(getattr(paths, attr))}")
