@@ -41,10 +41,10 @@ bits hold per layer (``free_bits``, nats per unit) and per group of units
 (``free_bits_groups``: layer l's units split into that many contiguous groups; Kingma et al.
 2016, §C.8): a group whose minibatch-mean KL is under ``free_bits × units`` gets weight 0, the
 objective's :math:`\max(\lambda, \mathrm{KL}_g)` in gradient. A layer's weight is a Pyro scale
-(or mask, for 0) on its site in model and guide; when only some of its groups are held, the site's
-distribution is :class:`UnitWeighted`, whose log density weights each unit. These per-layer
-controls shape training gradients only: they apply in training mode with gradients on, so every
-pvae estimator (``@torch.no_grad``) and validation (``eval()``) see the plain model.
+(or mask, for 0) on its site in model and guide; when only some of its groups are held, the
+site's distribution is :class:`pvae.family.UnitWeighted`, whose log density weights each unit.
+These per-layer controls shape training gradients only: they apply in training mode with
+gradients on, so every pvae estimator (``@torch.no_grad``) and validation (``eval()``) see the plain model.
 
 **Counting steps.** t is the number of backward passes that have gone through the model's
 inference network in training mode (one per :func:`pvae.fit` step or ``SVI.step``, however

@@ -198,11 +198,14 @@ def test_log_px_and_the_bounds_ladder_on_a_trained_ladder(trained):
     assert len(kls) == 2 and all(k > 0 for k in kls)
 
 
-def test_fit_with_the_iwae_objective_trains_the_ladder():
+@pytest.mark.parametrize("objective", ["iwae", "meanfield_elbo"])
+def test_fit_with_the_iwae_and_the_closed_form_kl_elbo_trains_the_ladder(objective):
     torch.manual_seed(0)
     m = small(dims=(4, 3))
     x = binary(64)
-    res = pvae.fit(m, x, objective="iwae", num_particles=3, epochs=4, batch_size=16, progress=False)
+    res = pvae.fit(
+        m, x, objective=objective, num_particles=3, epochs=4, batch_size=16, progress=False
+    )
     elbos = [r["train_elbo"] for r in res.history]
     assert all(math.isfinite(e) for e in elbos) and elbos[-1] > elbos[0], elbos
 
