@@ -44,7 +44,8 @@ objective's :math:`\max(\lambda, \mathrm{KL}_g)` in gradient. A layer's weight i
 (or mask, for 0) on its site in model and guide; when only some of its groups are held, the
 site's distribution is :class:`pvae.family.UnitWeighted`, whose log density weights each unit.
 These per-layer controls shape training gradients only: they apply in training mode with
-gradients on, so every pvae estimator (``@torch.no_grad``) and validation (``eval()``) see the plain model.
+gradients on, so every pvae estimator (``@torch.no_grad``) and validation (``eval()``) see the
+plain model.
 
 **Counting steps.** t is the number of backward passes that have gone through the model's
 inference network in training mode (one per :func:`pvae.fit` step or ``SVI.step``, however
