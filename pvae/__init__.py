@@ -29,6 +29,7 @@ from pvae.evaluation import (
 )
 from pvae.family import BaseVAE
 from pvae.hierarchical import HierarchicalVAE
+from pvae.ladder import LadderVAE
 from pvae.linear_gaussian import LinearGaussian, LinearGaussianChain
 from pvae.model import VAE
 from pvae.runs import Run, load_run, train_from_config
@@ -60,6 +61,7 @@ __all__ = [
     "ElboEstimate",
     "FitResult",
     "HierarchicalVAE",
+    "LadderVAE",
     "LinearGaussian",
     "LinearGaussianChain",
     "LogPxEstimate",

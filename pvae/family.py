@@ -47,7 +47,7 @@ References:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Self
 
 import pyro
@@ -58,11 +58,24 @@ from pyro.poutine.mask_messenger import MaskMessenger
 from pyro.poutine.runtime import _PYRO_STACK
 from torch import Tensor, nn
 
-from pvae._checks import positive_int
+from pvae._checks import positive_float, positive_int
 from pvae.likelihoods import Bernoulli, Likelihood
 from pvae.program import PyroProgram
 
-__all__ = ["BaseVAE", "checked_prior", "observation", "point_estimate", "site_weight"]
+__all__ = [
+    "BaseVAE",
+    "UnitWeighted",
+    "checked_prior",
+    "group_weight_of_units",
+    "nonneg_float",
+    "nonneg_int",
+    "observation",
+    "per_layer",
+    "per_unit_log_prob",
+    "point_estimate",
+    "site_weight",
+    "unit_kl",
+]
 
 
 def site_weight(w: float) -> contextlib.AbstractContextManager[Any]:
@@ -281,3 +294,117 @@ class BaseVAE(PyroProgram):
         """The weight the model gives a latent group: β, or with free bits the weight the guide
         decided (``decided``) at its last call, since every ELBO runs the guide first."""
         return decided if self.free_bits > 0 else self.beta
+
+
+# -- KL weights per layer and per group of units ---------------------------------------------------
+class UnitWeighted(dist.TorchDistribution):
+    r"""A factorized distribution whose log density weights each unit:
+    :math:`\log \tilde p(z) = \sum_u w_u \log p_u(z_u)`; draws are the base distribution's.
+
+    How a site carries free bits per group of units (some units' log densities at weight 0, the
+    others at β); not a normalized density unless every weight is 1.
+
+    Args:
+        base: ``Independent`` over one event dimension of a univariate distribution.
+        weight: ``(d,)`` weights, one per unit.
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+
+    def __init__(self, base: dist.Independent, weight: Tensor) -> None:
+        self.base, self.weight = base, weight
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self) -> Any:
+        return self.base.support
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base.has_rsample
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> UnitWeighted:
+        return UnitWeighted(self.base.expand(batch_shape), self.weight)
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
+        return self.base.sample(sample_shape)
+
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
+        return self.base.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return (self.base.base_dist.log_prob(value) * self.weight).sum(-1)
+
+
+def per_unit_log_prob(d: Any) -> Callable[[Tensor], Tensor] | None:
+    """The per-unit log density of ``d`` when it is an ``Independent`` over one event dimension
+    of a univariate distribution (a density that factorizes over units), else ``None``."""
+    if (
+        isinstance(d, dist.Independent)
+        and d.reinterpreted_batch_ndims == 1
+        and d.base_dist.event_shape == ()
+    ):
+        return d.base_dist.log_prob
+    return None
+
+
+def unit_kl(q: dist.Independent, p: Any) -> Tensor:
+    r"""Minibatch-mean KL per unit, ``(d,)``, of a diagonal Gaussian q against p: closed form
+    where PyTorch has it, else one draw of :math:`\log q_u - \log p_u`; a 0-d tensor (the whole
+    layer, one draw) when p does not factorize over units."""
+    with torch.no_grad():
+        lead = tuple(range(q.base_dist.loc.dim() - 1))
+        pu = per_unit_log_prob(p)
+        if pu is None:
+            z = q.sample()
+            return (q.log_prob(z) - p.log_prob(z)).mean()
+        try:
+            kl = torch.distributions.kl_divergence(q.base_dist, p.base_dist)
+        except NotImplementedError:
+            z = q.sample()
+            kl = q.base_dist.log_prob(z) - pu(z)
+        return kl.expand(q.base_dist.loc.shape).mean(lead)
+
+
+def per_layer(name: str, value: Any, n: int, check: Callable[[str, Any], Any]) -> tuple | None:
+    """``value`` as one checked entry per layer (a scalar applies to every layer), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value] * n
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != n:
+        raise ValueError(
+            f"{name} must be one number or a list of {n} (one per layer), got {value!r}"
+        )
+    return tuple(check(f"{name} entries", v) for v in value)
+
+
+def nonneg_int(name: str, v: Any) -> int:
+    """``v`` if it is an integer >= 0, else ``ValueError``."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{name} must be integers >= 0, got {v!r}")
+    return v
+
+
+def nonneg_float(name: str, v: Any) -> float:
+    """``v`` as a float if it is a finite number >= 0, else raise."""
+    return positive_float(name, v, allow_zero=True)
+
+
+def group_weight_of_units(kl: Tensor, floor: float, weight: float, groups: int) -> float | Tensor:
+    r"""The weight of a layer whose units' minibatch-mean KL terms are ``kl`` (``(d,)``), under
+    free bits of ``floor`` nats per unit over ``groups`` contiguous groups of units (Kingma et al.
+    2016, §C.8): ``weight`` for a group whose KL is at least ``floor × units``, 0 for one held
+    under it. One number when every group agrees, else a ``(d,)`` tensor of per-unit weights
+    (for :class:`UnitWeighted`). A 0-d ``kl`` (a layer that does not factorize) is one group."""
+    if kl.dim() == 0 or groups == 1:
+        return weight if float(kl.sum()) >= floor * kl.numel() else 0.0
+    chunks = kl.tensor_split(groups)
+    held = [float(c.sum()) < floor * c.numel() for c in chunks]
+    if not any(held):
+        return weight
+    if all(held):
+        return 0.0
+    return torch.cat(
+        [torch.full_like(c, 0.0 if h else weight) for c, h in zip(chunks, held, strict=True)]
+    )

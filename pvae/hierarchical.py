@@ -39,7 +39,7 @@ from pvae.guides import DiagonalNormal
 from pvae.likelihoods import Likelihood
 from pvae.priors import Prior, StandardNormal
 
-__all__ = ["HierarchicalVAE"]
+__all__ = ["HierarchicalVAE", "hidden_widths", "layer_widths"]
 
 
 class _MeanChain:
@@ -127,7 +127,7 @@ class HierarchicalVAE(BaseVAE):
         data_shape: Sequence[int] | None = None,
         name: str | None = None,
     ) -> None:
-        dims = _layer_widths(latent_dims)
+        dims = layer_widths(latent_dims)
         top = dims[-1]
         super().__init__(prior if prior is not None else StandardNormal(top), likelihood, name)
         if int(self.prior.latent_dim) != top:
@@ -137,7 +137,7 @@ class HierarchicalVAE(BaseVAE):
             )
         self.latent_dims = dims
         L = len(dims)
-        self.hidden = _hidden_widths(hidden, dims)
+        self.hidden = hidden_widths(hidden, dims)
         if isinstance(activation, str):  # an unknown name fails here, not at build time
             lookup("activation", nets.ACTIVATIONS, activation)
         self.activation = activation
@@ -310,7 +310,8 @@ class HierarchicalVAE(BaseVAE):
         return h
 
 
-def _layer_widths(latent_dims: Any) -> tuple[int, ...]:
+def layer_widths(latent_dims: Any) -> tuple[int, ...]:
+    """The checked widths of the stochastic layers, bottom (z_1) first."""
     if isinstance(latent_dims, int) or not len(latent_dims):
         raise ValueError(
             f"latent_dims must be a non-empty sequence of layer widths (z_1 first), got "
@@ -319,7 +320,7 @@ def _layer_widths(latent_dims: Any) -> tuple[int, ...]:
     return tuple(positive_int("latent_dims entries", d) for d in latent_dims)
 
 
-def _hidden_widths(hidden: Any, dims: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+def hidden_widths(hidden: Any, dims: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """The checked hidden widths per layer; ``(2 · dim_l, 2 · dim_l)`` each by default."""
     L = len(dims)
     if hidden is None:

@@ -15,7 +15,9 @@ every draw; with any other guide the bounds must order and converge as theory sa
 
 :class:`LinearGaussianChain` is the two-layer analogue, the reference for hierarchical models
 (:class:`~pvae.HierarchicalVAE`): a linear-Gaussian chain :math:`z_2 \to z_1 \to x` whose
-marginal and joint posterior are Gaussian, and whose bottom-up guide can be exact.
+marginal and joint posterior are Gaussian, and whose bottom-up guide can be exact; so can the
+top-down guide of a :class:`~pvae.LadderVAE` with precision-weighted merging
+(:meth:`LinearGaussianChain.ladder`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from pvae.guides import DiagonalNormal
 from pvae.hierarchical import HierarchicalVAE
+from pvae.ladder import LadderVAE
 from pvae.likelihoods import Gaussian
 from pvae.model import VAE
 from pvae.priors import StandardNormal
@@ -159,6 +162,29 @@ class LinearGaussianChain:
     orthogonal columns alone, :math:`\Sigma_2` stays diagonal but :math:`\Lambda` does not, and
     a diagonal q(z_1 | x) would no longer be exact.)
 
+    **Top-down.** The same posterior factorizes the other way, as a
+    :class:`~pvae.LadderVAE`'s guide does: :math:`p(z_1, z_2 \mid x) = p(z_2 \mid x)\,
+    p(z_1 \mid z_2, x)`, with
+
+    .. math::
+
+        p(z_2 \mid x) = \mathcal N\big(\Sigma_2' (WA)^\top S^{-1} (x - Wa - b),\ \Sigma_2'\big),
+        \quad S = \sigma_1^2 WW^\top + s^2 I, \quad
+        \Sigma_2' = (I + (WA)^\top S^{-1} WA)^{-1},
+
+        p(z_1 \mid z_2, x) \propto \mathcal N(z_1; Az_2 + a, \sigma_1^2 I)\,
+            \mathcal N(x; Wz_1 + b, s^2 I)
+            = \mathcal N\big(z_1;\ \sigma_q^2(\hat\mu\,\hat\sigma^{-2}
+            + (Az_2 + a)\,\sigma_1^{-2}),\ \sigma_q^2\big),
+
+    a product of the top-down prior and the Gaussian message of x about z_1,
+    :math:`\hat\mu = (W^\top W)^{-1} W^\top (x - b)`, :math:`\hat\sigma^2 =
+    s^2 / \mathrm{diag}(W^\top W)` (W's columns are orthogonal), with
+    :math:`\sigma_q^{-2} = \hat\sigma^{-2} + \sigma_1^{-2}`: exactly the Ladder VAE's
+    precision-weighted merge. :math:`W^\top S^{-1} W` is diagonal (W has orthogonal columns), so
+    with A's one entry per column :math:`\Sigma_2'` is diagonal too: both factors are diagonal
+    Gaussians with means linear in x (and z_2), which :meth:`ladder` sets.
+
     Args:
         data_dim: D.
         latent_dims: ``(d_1, d_2)`` with ``d_2 ≤ d_1 ≤ D``.
@@ -284,3 +310,54 @@ class LinearGaussianChain:
             decoder=decoder,
             data_shape=(self.data_dim,),
         )
+
+    def top_posterior(self) -> tuple[Tensor, Tensor, Tensor]:
+        """p(z_2 | x) = N(gain x + offset, diag(var)) (see the class docstring): ``(gain,
+        offset, var)``, checking that its covariance is diagonal."""
+        d2 = self.latent_dims[1]
+        WA = self.W @ self.A
+        S = self.sigma1**2 * self.W @ self.W.T + self.sigma**2 * self._eye(self.data_dim)
+        cov = torch.linalg.inv(self._eye(d2) + WA.T @ torch.linalg.solve(S, WA))
+        if not torch.allclose(cov, torch.diag(cov.diagonal()), atol=1e-12):
+            raise ValueError("Cov(z_2 | x) is not diagonal for this chain")  # pragma: no cover
+        gain = cov @ torch.linalg.solve(S, WA).T
+        return gain, -gain @ (self.W @ self.a + self.b), cov.diagonal()
+
+    def ladder(self, loc_shift: float = 0.0, scale_factor: float = 1.0) -> LadderVAE:
+        """This model as a two-layer :class:`~pvae.LadderVAE` (precision-weighted merging) with
+        linear paths, whose top-down guide p(z_2 | x) p(z_1 | z_2, x) is the exact posterior
+        (see the class docstring), optionally made wrong: both bottom-up estimates' means
+        shifted by ``loc_shift`` and their scales multiplied by ``scale_factor``."""
+        d1, d2 = self.latent_dims
+        m = LadderVAE(
+            (d1, d2),
+            prior=StandardNormal(d2).double(),
+            likelihood=Gaussian(scale=self.sigma).double(),
+            hidden=[[], []],
+            min_scale=0.0,
+            data_shape=(self.data_dim,),
+        ).double()
+        f64 = torch.float64
+        ww = (self.W * self.W).sum(0)  # diag(WᵀW)
+        msg = self.W.T / ww[:, None]  # the message's mean: msg (x - b)
+        gain2, off2, var2 = self.top_posterior()
+        heads = m.paths.q_heads
+        _set_head(
+            heads[0].out, msg, -msg @ self.b + loc_shift, self.sigma / ww.sqrt() * scale_factor
+        )
+        _set_head(heads[1].out, gain2, off2 + loc_shift, var2.sqrt() * scale_factor)
+        _set_head(m.paths.p_heads[0].out, self.A, self.a, torch.tensor(self.sigma1, dtype=f64))
+        with torch.no_grad():
+            m.paths.decoder.out.weight.copy_(self.W)
+            m.paths.decoder.out.bias.copy_(self.b)
+        return m
+
+
+def _set_head(lin: nn.Linear, weight: Tensor, bias: Tensor, std: Tensor) -> None:
+    """A linear ladder head: loc = weight · h + bias, scale = std whatever h."""
+    d = weight.shape[0]
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[:d] = weight
+        lin.bias[:d] = bias
+        lin.bias[d:] = _inv_softplus(std.expand(d))

@@ -24,6 +24,7 @@ FLOORS: list[tuple[str, ...]] = [
         "pvae.optimizers",
         "pvae.datasets",
         "pvae.labels",
+        "pvae.ladder_paths",
     ),
     (
         "pvae.program",
@@ -33,6 +34,7 @@ FLOORS: list[tuple[str, ...]] = [
         "pvae.traces",
         "pvae.semisupervised",
         "pvae.sbn",
+        "pvae.ladder",
     ),
     ("pvae.linear_gaussian", "pvae.objectives", "pvae.evaluation", "pvae.diagnostics"),
     ("pvae.options", "pvae.config"),

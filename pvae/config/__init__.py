@@ -16,9 +16,10 @@ an error in a file names the file (:func:`load_config`).
 * **A hierarchical VAE** (:class:`~pvae.HierarchicalVAE`): ``latent_dim`` a list of two or more
   layer widths, bottom (z_1) to top (z_L). ``prior`` is p(z_L), ``likelihood`` is p(x | z_1).
   Its MLPs are set by ``hidden`` (one list of widths per layer, default ``[2·dim_l, 2·dim_l]``)
-  and ``activation`` (default ``"tanh"``). ``encoder``, ``decoder``, ``guide``, ``train.beta``,
-  ``warmup_steps`` and ``free_bits`` stay at their defaults, and ``train.objective`` is not
-  ``"meanfield_elbo"`` (its closed-form KL is biased for a bottom-up guide).
+  and ``activation`` (default ``"tanh"``). ``encoder``, ``decoder`` and ``guide`` stay at their
+  defaults, and ``train.objective`` is not ``"meanfield_elbo"`` (its closed-form KL is biased for
+  a bottom-up guide). ``inference = "top_down"`` builds a :class:`~pvae.LadderVAE` instead, with
+  the keys of :mod:`pvae.config.ladder` (merging, paths, per-layer KL control).
 * **A user's module**: ``class = "package.module:ClassName"`` names an ``nn.Module`` class with
   ``model`` and ``guide`` methods, instantiated with the ``[model.kwargs]`` table and built for
   the data's shape if it has ``build(data_shape)``; no other ``[model]`` key applies. The ``pvae``
@@ -34,6 +35,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +46,7 @@ from torch import nn
 
 from pvae import datasets, nets
 from pvae._checks import lookup, one_of, positive_int
-from pvae.config import semisupervised
+from pvae.config import ladder, semisupervised
 from pvae.config.text import apply_overrides, dumps_toml
 from pvae.config.usercode import UserCodeError, build_class, class_path
 from pvae.guides import GUIDES
@@ -118,6 +120,15 @@ class ModelConfig:
     class_: str | None = field(default=None, metadata={**OPTIONAL, "key": "class"})
     kwargs: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
     semisupervised: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
+    # Inference of a hierarchical model, and the top-down ladder's keys (pvae.config.ladder).
+    inference: str | None = field(default=None, metadata=OPTIONAL)
+    merge: str | None = field(default=None, metadata=OPTIONAL)
+    norm: str | None = field(default=None, metadata=OPTIONAL)
+    skip: bool | None = field(default=None, metadata=OPTIONAL)
+    layer_warmup: int | list[int] | None = field(default=None, metadata=OPTIONAL)
+    layer_free_bits: float | list[float] | None = field(default=None, metadata=OPTIONAL)
+    free_bits_groups: int | list[int] | None = field(default=None, metadata=OPTIONAL)
+    paths: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)
 
     @property
     def layers(self) -> list[int]:
@@ -257,6 +268,7 @@ def _validate_model(m: ModelConfig, t: TrainOptions) -> None:
             positive_int("model.latent_dim entries", d)
     else:
         positive_int("model.latent_dim", m.latent_dim)
+    ladder.validate(m, t.objective, m.hierarchical)
     if not m.hierarchical:
         for key in ("hidden", "activation"):
             if getattr(m, key) is not None:
@@ -312,7 +324,7 @@ def _validate_hierarchical(m: ModelConfig, t: TrainOptions) -> None:
                 positive_int(f"model.hidden[{i}] entries", w)
     if m.activation is not None:
         lookup("model.activation", nets.ACTIVATIONS, m.activation)
-    if t.objective == "meanfield_elbo":
+    if t.objective == "meanfield_elbo" and not ladder.top_down(m):
         raise ValueError(
             "train.objective='meanfield_elbo' is biased for a hierarchical model: its "
             "closed-form KL of q(z_l | z_{l-1}) against p(z_l | z_{l+1}) uses a z_{l+1} the guide "
@@ -386,8 +398,9 @@ def canonical(config: Config | Mapping[str, Any], *, defaults: bool = True) -> d
     an integer becomes a float where the value is a float, tuples become lists, keys are sorted,
     and ``[model]`` keeps only the keys of its kind of model (a one-layer VAE: ``latent_dim`` and
     the five component tables; a hierarchical one: ``latent_dim``, ``prior``, ``likelihood``,
-    ``hidden``, ``activation``; a user's module: ``class`` and ``kwargs``, as written: its module
-    is not imported). Unset optional keys are ``None``.
+    ``hidden``, ``activation``, ``inference`` and a top-down one's keys; a user's module:
+    ``class`` and ``kwargs``, as written: its module is not imported). Unset optional keys are
+    ``None``.
 
     Args:
         config: A :class:`Config`, or nested mappings as :meth:`Config.from_dict` reads them.
@@ -446,6 +459,8 @@ def _canonical_model(m: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         default.update(hidden=[[2 * d, 2 * d] for d in layers], activation=_ACTIVATION)
         full["hidden"] = default["hidden"] if m.hidden is None else _plain(m.hidden)
         full["activation"] = m.activation or _ACTIVATION
+        for d, part in zip((full, default), ladder.canonical(m), strict=True):
+            d.update(part)
     if m.semisupervised is not None:
         full["semisupervised"] = semisupervised.canonical(m.semisupervised)
     return full, default
@@ -526,13 +541,18 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
     if model.class_ is not None:
         return build_class(model.class_, model.kwargs, data_shape)
     layers = [positive_int("model.latent_dim entries", d) for d in model.layers]
-    latent = layers[-1]  # the prior is over the top layer
-    name, kw = _split(model.prior)
-    prior = _instantiate("prior", lookup("model.prior.name", PRIORS, name), kw, latent_dim=latent)
     name, kw = _split(model.likelihood)
     lik = _instantiate("likelihood", lookup("model.likelihood.name", LIKELIHOODS, name), kw)
+    paths = ladder.build_paths(model, lik, data_shape) if ladder.top_down(model) else None
+    # the prior is over the top layer (all its units, for a conv path's spatial latents)
+    latent = layers[-1] if paths is None else math.prod(paths.latent_shapes[-1])
+    name, kw = _split(model.prior)
+    prior = _instantiate("prior", lookup("model.prior.name", PRIORS, name), kw, latent_dim=latent)
     if model.semisupervised is not None:
         return semisupervised.build(model, prior, lik, data_shape)
+    if len(layers) > 1 and ladder.top_down(model):
+        act = model.activation or _ACTIVATION
+        return ladder.build(model, prior, lik, act, data_shape, paths)
     if len(layers) > 1:
         return HierarchicalVAE(
             layers,
