@@ -12,6 +12,9 @@ r"""The evidence lower bound, through Pyro's own estimators.
   the gradient variance. Both estimate the same number: they agree in expectation.
 * ``"iwae"``: the importance-weighted bound with K = ``num_particles``
   (:class:`pvae.objectives.iwae.IWAE`).
+* ``"enum_elbo"``: :class:`pyro.infer.TraceEnum_ELBO`, the same bound with the sites marked for
+  enumeration (``config_enumerate``) summed out exactly in parallel; :func:`pvae.fit` sets its
+  ``max_plate_nesting`` from the traces.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ OBJECTIVES: Mapping[str, Callable[..., pyro.infer.ELBO]] = {
     "elbo": pyro.infer.Trace_ELBO,
     "meanfield_elbo": pyro.infer.TraceMeanField_ELBO,
     "iwae": IWAE,
+    "enum_elbo": pyro.infer.TraceEnum_ELBO,
 }
 
 
