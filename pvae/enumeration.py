@@ -252,8 +252,7 @@ def enum_terms(
             else:
                 key = "q_enum" if roles.get(name) == "guide" else "q"
                 sums[key] = sums[key] + lp
-    full = torch.zeros((*shape, k, b), dtype=torch.as_tensor(sums["p"]).dtype)
-    full = full.to(torch.as_tensor(sums["p"]).device)
+    full = torch.as_tensor(sums["p"]).new_zeros((*shape, k, b))
     dims = {
         role: tuple(sorted(_positions(tr, roles, role, m, nesting)))
         for role, tr in (("guide", guide_trace), ("model", model_trace))

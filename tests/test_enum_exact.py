@@ -105,6 +105,11 @@ def test_perturbed_guide_within_four_standard_errors():
     z = (est.log_px - truth) / est.se
     assert float(est.se.min()) > 0, est.se
     assert float(z.abs().max()) < 4, (est.log_px, truth, est.se)
+    # The adaptive mode draws more where the s.e. is above target, on the same weights.
+    first = pvae.log_px(m, x, k=100, seed=0)
+    more = pvae.log_px(m, x, k=100, seed=0, target_se=0.02, max_k=1600)
+    assert bool((more.se < first.se).all()), (first.se, more.se)
+    assert float(((more.log_px - truth) / more.se).abs().max()) < 4, (more.log_px, truth)
     # The ELBO of a worse guide is below log p(x) by more than its Monte Carlo error.
     e = pvae.evaluate_elbo(m, x, num_samples=200)
     assert bool((e.elbo + 4 * e.se < truth).all()), (e.elbo, e.se, truth)
