@@ -121,3 +121,22 @@ def test_enum_elbo_without_enumerated_sites_is_refused():
 def test_too_small_max_plate_nesting_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"TraceEnum_ELBO\(max_plate_nesting=1\) is smaller"):
         fit(Nested(), objective=TraceEnum_ELBO(max_plate_nesting=1), epochs=1, curve_ks=())
+
+
+def test_enumeration_validation_cannot_sum_out_is_refused_before_training(tmp_path):
+    class InnerEnum(M2):
+        """y enumerated per element of a plate inside the data plate."""
+
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]), pyro.plate("parts", 2, dim=-2):
+                pyro.sample("y", dist.OneHotCategorical(logits=x.new_zeros(CLASSES)))
+                pyro.sample("x", dist.Normal(x, 1.0).to_event(1), obs=x)
+
+        @config_enumerate
+        def guide(self, x):
+            with pyro.plate("data", x.shape[0]), pyro.plate("parts", 2, dim=-2):
+                pyro.sample("y", dist.OneHotCategorical(logits=self.classify(x)))
+
+    with pytest.raises(ValueError, match=r"guide site 'y' is enumerated inside plate 'parts'"):
+        fit(InnerEnum(), objective="enum_elbo", epochs=1, curve_ks=(), run_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

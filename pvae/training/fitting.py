@@ -242,7 +242,8 @@ def _setup(
             raise ValueError("labels=True needs labels in the validation split too")
     kw = {"y": train.y[:2]} if labels else {}
     check_mean_field(module, step_options.elbo, train.x[:2], kw)
-    set_enum_nesting(module, step_options.elbo, isinstance(t.objective, str), train.x[:2], kw)
+    named = isinstance(t.objective, str)
+    set_enum_nesting(module, step_options.elbo, named, train.x[:2], kw, val is not None)
     step = TrainStep(module, step_options, dev, d, t.seed, not main, train.y if labels else None)
     checkpoints = Checkpointer(run_path, module, step.optimizer, train.data_shape, d)
     return _Run(

@@ -134,6 +134,7 @@ def set_enum_nesting(
     named: bool,
     x: Tensor,
     kwargs: Mapping[str, Any] | None = None,
+    validated: bool = True,
 ) -> None:
     """Give a :class:`pyro.infer.TraceEnum_ELBO` the plate nesting of ``module``'s traces.
 
@@ -150,6 +151,9 @@ def set_enum_nesting(
         named: Whether ``elbo`` was built from the name ``"enum_elbo"``.
         x: A few training datapoints.
         kwargs: Keyword arguments of model and guide (labels).
+        validated: Whether a validation split will be evaluated: its estimators sum the
+            enumerated sites out within :mod:`pvae.enumeration`'s scope, checked here before
+            the first step (``TraceEnum_ELBO`` itself trains a wider class).
 
     Raises:
         ValueError: ``"enum_elbo"`` for a pair without enumerated sites, an enumerated site
@@ -169,7 +173,8 @@ def set_enum_nesting(
                 "config_enumerate), or use objective 'elbo'"
             )
         return
-    check_enumerable(model_trace, guide_trace)  # what validation's estimators will need
+    if validated:
+        check_enumerable(model_trace, guide_trace)
     need = nesting + int(bool(elbo.vectorize_particles) and elbo.num_particles > 1)
     if named or elbo.max_plate_nesting == math.inf:
         elbo.max_plate_nesting = need
