@@ -27,7 +27,7 @@ What is supported:
 
 Not supported, with an error naming the site: a sample site outside the data plate (a global
 latent), a latent of the model that the guide does not sample, a guide site the model does not
-have, and enumerated sites.
+have, and enumerated sites (:mod:`pvae.enumeration` sums those out for the estimators).
 """
 
 from __future__ import annotations
@@ -147,13 +147,17 @@ def _site_log_prob(site: dict[str, Any]) -> Tensor:
     return scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
 
 
-def check_sites(model_trace: Any, guide_trace: Any, data_plate: str) -> None:
-    """Raise ``ValueError`` naming the first site the weights cannot handle."""
+def check_sites(
+    model_trace: Any, guide_trace: Any, data_plate: str, enumerated: bool = False
+) -> None:
+    """Raise ``ValueError`` naming the first site the weights cannot handle; ``enumerated``:
+    the caller sums enumerated sites out (:mod:`pvae.enumeration`), so they are allowed."""
     for role, tr in (("model", model_trace), ("guide", guide_trace)):
         for name, site in tr.nodes.items():
             if site["type"] != "sample":
                 continue
-            if site["infer"].get("enumerate"):
+            enum = bool(site["infer"].get("enumerate"))
+            if enum and not enumerated:
                 raise ValueError(
                     f"{role} site {name!r} is enumerated; pvae's estimators need sampled sites"
                 )
@@ -171,7 +175,11 @@ def check_sites(model_trace: Any, guide_trace: Any, data_plate: str) -> None:
                     f"guide site {name!r} has no counterpart in the model (auxiliary guide "
                     "variables are not supported)"
                 )
-            if role == "model" and not site["is_observed"] and name not in guide_trace.nodes:
+            if (
+                role == "model"
+                and not (site["is_observed"] or enum)
+                and name not in guide_trace.nodes
+            ):
                 raise ValueError(
                     f"model latent site {name!r} is not sampled by the guide: every latent needs "
                     "a proposal q in the guide"

@@ -35,6 +35,7 @@ FLOORS: list[tuple[str, ...]] = [
         "pvae.semisupervised",
         "pvae.sbn",
         "pvae.ladder",
+        "pvae.enumeration",
     ),
     ("pvae.linear_gaussian", "pvae.objectives", "pvae.evaluation", "pvae.diagnostics"),
     ("pvae.options", "pvae.config"),

@@ -63,7 +63,7 @@ def test_switching_a_component_drops_the_old_components_arguments():
         (["data.name=cifar"], "unknown dataset 'cifar'; valid: cifar10, digits"),
         (
             ["train.objective=iwa"],
-            "unknown train.objective 'iwa'; valid: elbo, iwae, meanfield_elbo",
+            "unknown train.objective 'iwa'; valid: elbo, enum_elbo, iwae, meanfield_elbo",
         ),
         (["model.latent_dim=0"], "model.latent_dim must be a positive integer, got 0"),
         (["train.batch_size=-2"], "train.batch_size must be a positive integer, got -2"),

@@ -223,7 +223,7 @@ def test_checkpoint_from_another_model_is_rejected(trained_run, tmp_path):
         (
             {"objective": "elbow"},
             ValueError,
-            "unknown objective 'elbow'; valid: elbo, iwae, meanfield_elbo",
+            "unknown objective 'elbow'; valid: elbo, enum_elbo, iwae, meanfield_elbo",
         ),
         ({"optimizer": "sgd"}, ValueError, "unknown optimizer 'sgd'; valid: adam, clipped_adam"),
         ({"device": "tpu:0"}, ValueError, "device must be 'auto', 'cpu'"),

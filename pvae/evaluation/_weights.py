@@ -21,6 +21,8 @@ from torch.distributions import constraints
 
 from pvae._checks import check_data_fits, positive_int
 from pvae.distributed import info as dist_info
+from pvae.enumeration import EnumWeights, check_enumerable
+from pvae.enumeration import enumerated as enumerated_sites
 from pvae.program import Program, as_program, param_sites
 from pvae.traces import TraceWeights, check_sites, inspect_pair
 
@@ -240,12 +242,15 @@ def resolve(
     *,
     fast: bool = True,
 ) -> Target:
-    """Resolve and check what a user passed to an estimator (see :func:`pvae.log_px`).
+    """Resolve and check what a user passed to an estimator (see :func:`pvae.log_px`). A pair
+    with enumerated sites gets :class:`~pvae.enumeration.EnumWeights`: those sites summed out
+    exactly, the others importance-sampled.
 
     Raises:
         TypeError: not a pair, x not a tensor, kwargs not a mapping.
         ValueError: empty x, a shape the VAE was not built for, or a site the estimators cannot
-            weight (named in the message, see :mod:`pvae.traces`).
+            weight (named in the message, see :mod:`pvae.traces`; enumerated sites beyond
+            :mod:`pvae.enumeration`'s scope).
     """
     program, x = split_call(model, x_or_guide, x)
     if not isinstance(x, Tensor):
@@ -268,7 +273,10 @@ def resolve(
     }
     with pyro.validation_enabled(False), param_sites(False), torch.no_grad():
         nesting, model_trace, guide_trace = inspect_pair(program, (x[:1],), first)
-    check_sites(model_trace, guide_trace, "data")
+    enumerated = enumerated_sites(model_trace, guide_trace)
+    check_sites(model_trace, guide_trace, "data", enumerated=bool(enumerated))
+    if enumerated:
+        check_enumerable(model_trace, guide_trace, "data")
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample":
             continue
@@ -280,11 +288,13 @@ def resolve(
                 f"event shape {tuple(p.event_shape)}): importance weights p/q are then undefined"
             )
     check_data_fits(owner, x, "x")  # the check fit applies: x in the likelihood's support
-    source: WeightSource = (
-        FusedWeights(owner)
-        if fast and _fused_ok(program, kwargs)
-        else TraceWeights(program, nesting)
-    )
+    source: WeightSource
+    if enumerated:
+        source = EnumWeights(program, nesting, enumerated)
+    elif fast and _fused_ok(program, kwargs):
+        source = FusedWeights(owner)
+    else:
+        source = TraceWeights(program, nesting)
     return Target(program, x, kwargs, source, nesting)
 
 

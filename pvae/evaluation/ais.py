@@ -44,6 +44,10 @@ the error of the forward estimate on these data (Grosse et al. 2016, BREAD; Wu e
 ``target_accept`` and jittered per chain (:mod:`pvae.evaluation.hmc`, which warns when the
 adaptation bends the guarantees above).
 
+**Discrete latents.** HMC moves continuous latents only: enumerated sites (``config_enumerate``)
+are refused, naming the site, as one annealing run per configuration would be needed;
+:func:`pvae.log_px`, :func:`pvae.bounds` and :func:`pvae.evaluate_elbo` sum them out.
+
 **Random numbers.** With an integer ``seed``, the start of datapoint n is drawn under a
 generator seeded by (seed, n), and every momentum and accept draw is a counter-based hash of
 (seed, n, step, chain, coordinate) (:class:`pvae.evaluation.hmc.Noise`): the numbers of a
@@ -85,6 +89,7 @@ from torch import Tensor
 from pvae._checks import positive_int
 from pvae.distributed import gather_blocks
 from pvae.distributed import info as dist_info
+from pvae.enumeration import enumerated, refuse_enumerated
 from pvae.evaluation._weights import (
     DEFAULT_BUDGET,
     Tally,
@@ -268,10 +273,14 @@ class _Run:
             raise TypeError(f"distributed must be True or False, got {self.distributed!r}")
 
 
+_ENUMERATED = "AIS anneals continuous latents with HMC; it does not sum discrete sites out"
+
+
 def _setup(
     model: Any, x_or_guide: Any, x: Any, kwargs: Any, fast: bool | None
 ) -> tuple[Target, Layout, Any]:
     target = resolve(model, x_or_guide, x, kwargs, fast=fast is not False)
+    refuse_enumerated(getattr(target.source, "sites", {}), "ais", _ENUMERATED)
     xs = target.x
     devices = [xs.device] if xs.device.type == "cuda" else []
     with (
@@ -419,8 +428,9 @@ def ais(
         An :class:`AISEstimate` with ``direction="forward"``.
 
     Raises:
-        ValueError: a bad setting (named), a discrete latent site (named), a site the trace
-            machinery cannot handle (named), or a budget too small for one datapoint.
+        ValueError: a bad setting (named), a discrete latent site (named; an enumerated one
+            too), a site the trace machinery cannot handle (named), or a budget too small for
+            one datapoint.
         TypeError: a setting of the wrong type or an unknown one, or no model/guide pair.
 
     Example:
@@ -536,6 +546,7 @@ def simulate(
         )
     with pyro.validation_enabled(False), param_sites(False):
         _, model_trace, guide_trace = inspect_pair(program, (x[:1],), dict(kwargs or {}))
+    refuse_enumerated(enumerated(model_trace, guide_trace), "simulate", _ENUMERATED)
     check_sites(model_trace, guide_trace, "data")
     names = [n_ for n_, s in guide_trace.nodes.items() if s["type"] == "sample"]
     return x, {name: tr.nodes[name]["value"] for name in names}

@@ -14,6 +14,12 @@ distributions at the drawn values of the site's parents, else the Monte Carlo te
 unbiased: when every latent that conditions the site in the model was drawn before it in the
 guide (not for z₁ of a bottom-up hierarchical guide, whose z₂ is drawn after z₁ but conditions
 z₁ in the model).
+
+For a pair with enumerated discrete sites (``config_enumerate``), the ELBO is the one
+:class:`pyro.infer.TraceEnum_ELBO` trains: the enumerated sites summed out exactly, weighted by
+q(y | x), the continuous ones sampled (:mod:`pvae.enumeration`); the KL term is then
+reconstruction minus ELBO, its continuous part a Monte Carlo estimate (``analytic_kl`` False).
+With the exact posterior as guide every draw gives log p(x).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 
 from pvae._checks import positive_int
+from pvae.enumeration import EnumWeights
 from pvae.evaluation._weights import Target, resolve
 from pvae.program import param_sites
 from pvae.traces import (
@@ -105,6 +112,9 @@ def _chunk_terms(
     target: Target, xb: Tensor, kw: Mapping[str, Any], s: int, analytic_kl: bool
 ) -> tuple[Tensor, Tensor, bool]:
     """``(S, b)`` reconstruction and KL terms of one chunk, and whether the KL was analytic."""
+    if isinstance(target.source, EnumWeights):  # enumerated sites summed out: Monte Carlo KL
+        elbo, recon = target.source.terms(xb, kw, s).elbo()
+        return recon, recon - elbo, False
     model_trace, guide_trace = particle_traces(target.program, (xb,), kw, s, target.nesting)
     terms = site_terms(model_trace, guide_trace, s, target.nesting)
     recon = sum(terms.model[name] for name in terms.observed)

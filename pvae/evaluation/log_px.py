@@ -217,7 +217,10 @@ def log_px(
     ``log_px(model, guide, x, k=...)`` with two Pyro functions. The log weights are read from
     Pyro traces (:mod:`pvae.traces`): every sample site counts, whatever the pair's structure,
     as long as every site lies inside ``pyro.plate("data", ...)``. For a standard VAE the fused
-    fast path computes the same numbers (``fast=False`` forces the trace path).
+    fast path computes the same numbers (``fast=False`` forces the trace path). Discrete sites
+    marked for enumeration (``config_enumerate``) are summed out exactly and the others
+    importance-sampled: each weight is then Σ_y p(x, y, z) / q(z | x, y), with
+    lower variance than sampling y (:mod:`pvae.enumeration`, which states the scope).
 
     Args:
         model: A pair (object with ``.model``/``.guide``) or a model callable.

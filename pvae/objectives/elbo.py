@@ -12,6 +12,9 @@ r"""The evidence lower bound, through Pyro's own estimators.
   the gradient variance. Both estimate the same number: they agree in expectation.
 * ``"iwae"``: the importance-weighted bound with K = ``num_particles``
   (:class:`pvae.objectives.iwae.IWAE`).
+* ``"enum_elbo"``: :class:`pyro.infer.TraceEnum_ELBO`, the same bound with the sites marked for
+  enumeration (``config_enumerate``) summed out exactly in parallel; :func:`pvae.fit` sets its
+  ``max_plate_nesting`` from the traces.
 * ``"vimco"``, ``"rws"``: the K-sample bound for discrete latents, with VIMCO's leave-one-out
   baselines (:class:`pvae.objectives.vimco.VIMCO`) or reweighted wake-sleep
   (:class:`pvae.objectives.rws.RWS`).
@@ -36,6 +39,7 @@ OBJECTIVES: Mapping[str, Callable[..., pyro.infer.ELBO]] = {
     "iwae": IWAE,
     "vimco": VIMCO,
     "rws": RWS,
+    "enum_elbo": pyro.infer.TraceEnum_ELBO,
 }
 
 

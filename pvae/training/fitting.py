@@ -32,7 +32,13 @@ from pvae.training.callbacks import Callback, OnEpoch, TrainInfo, check_callback
 from pvae.training.changes import config_changes
 from pvae.training.checkpointing import Checkpointer, TrainState, check_run_dir
 from pvae.training.progress import Progress
-from pvae.training.setup import as_splits, check_trainable, prepare, training_device
+from pvae.training.setup import (
+    as_splits,
+    check_trainable,
+    prepare,
+    set_enum_nesting,
+    training_device,
+)
 from pvae.training.step import (
     StepOptions,
     TrainStep,
@@ -100,7 +106,10 @@ def fit(
             is not yet), or any ``nn.Module`` (e.g. a ``PyroModule``) with ``model(x)`` and
             ``guide(x)`` methods whose datapoint-local latent sites sit inside
             ``pyro.plate("data", x.shape[0])``. Its loss on a minibatch of B datapoints is
-            ``elbo.differentiable_loss(vae.model, vae.guide, x) / B``.
+            ``elbo.differentiable_loss(vae.model, vae.guide, x) / B``. Discrete sites marked
+            for enumeration (``config_enumerate``) train with ``objective="enum_elbo"`` or a
+            ``TraceEnum_ELBO`` instance, whose ``max_plate_nesting`` fit reads from the traces
+            where it is not given; validation sums them out (:mod:`pvae.enumeration`).
         data: :class:`~pvae.datasets.DataSplits` (validation ELBO is reported each epoch,
             unless its validation split is empty: ``val_fraction=0``), one
             :class:`~pvae.datasets.Split`, or an array/tensor of shape ``(N, ...)``.
@@ -231,7 +240,10 @@ def _setup(
         check_takes_labels(module, train.y)
         if val is not None and val.y is None:
             raise ValueError("labels=True needs labels in the validation split too")
-    check_mean_field(module, step_options.elbo, train.x[:2], {"y": train.y[:2]} if labels else {})
+    kw = {"y": train.y[:2]} if labels else {}
+    check_mean_field(module, step_options.elbo, train.x[:2], kw)
+    named = isinstance(t.objective, str)
+    set_enum_nesting(module, step_options.elbo, named, train.x[:2], kw, val is not None)
     step = TrainStep(module, step_options, dev, d, t.seed, not main, train.y if labels else None)
     checkpoints = Checkpointer(run_path, module, step.optimizer, train.data_shape, d)
     return _Run(

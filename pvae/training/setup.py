@@ -3,16 +3,29 @@ data, so that bad input fails before anything is written."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
+import pyro
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pvae import distributed as D
 from pvae._checks import check_data_fits
 from pvae.datasets import DataSplits, Split
+from pvae.enumeration import check_enumerable, enumerated
+from pvae.program import as_program, param_sites
+from pvae.traces import inspect_pair
 
-__all__ = ["as_splits", "check_trainable", "prepare", "resolve_device", "training_device"]
+__all__ = [
+    "as_splits",
+    "check_trainable",
+    "prepare",
+    "resolve_device",
+    "set_enum_nesting",
+    "training_device",
+]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -113,3 +126,61 @@ def _check_data(module: nn.Module, split: Split, name: str) -> None:
     # Dynamic binarization draws are binary by construction; their intensities were range-checked
     # when the split was made, so checking one draw covers every epoch.
     check_data_fits(module, split.observed(), name)
+
+
+def set_enum_nesting(
+    module: nn.Module,
+    elbo: pyro.infer.ELBO,
+    named: bool,
+    x: Tensor,
+    kwargs: Mapping[str, Any] | None = None,
+    validated: bool = True,
+) -> None:
+    """Give a :class:`pyro.infer.TraceEnum_ELBO` the plate nesting of ``module``'s traces.
+
+    Pyro's enumeration puts each enumerated site's dimension to the left of the plates, so
+    ``TraceEnum_ELBO`` must know how many plates the pair nests (one more with vectorized
+    particles). The pair is traced once on ``x`` with the random state left as it was (a
+    resumed run draws what an uninterrupted one does), and the nesting is set where the
+    objective was built from its name (``objective="enum_elbo"``) or left at Pyro's default
+    (infinity: Pyro would guess it at the first step, from the global random stream).
+
+    Args:
+        module: The module trained.
+        elbo: The objective; anything but a ``TraceEnum_ELBO`` is left alone.
+        named: Whether ``elbo`` was built from the name ``"enum_elbo"``.
+        x: A few training datapoints.
+        kwargs: Keyword arguments of model and guide (labels).
+        validated: Whether a validation split will be evaluated: its estimators sum the
+            enumerated sites out within :mod:`pvae.enumeration`'s scope, checked here before
+            the first step (``TraceEnum_ELBO`` itself trains a wider class).
+
+    Raises:
+        ValueError: ``"enum_elbo"`` for a pair without enumerated sites, an enumerated site
+            beyond what the estimators sum out (:mod:`pvae.enumeration`; named), or an
+            instance whose ``max_plate_nesting`` is smaller than the pair's.
+    """
+    if not isinstance(elbo, pyro.infer.TraceEnum_ELBO):
+        return
+    with param_sites(False), pyro.get_param_store().scope(), pyro.validation_enabled(False):
+        nesting, model_trace, guide_trace = inspect_pair(as_program(module), (x,), kwargs or {})
+    if not enumerated(model_trace, guide_trace):
+        if named:
+            raise ValueError(
+                "objective 'enum_elbo' (TraceEnum_ELBO) sums out the sites marked for "
+                f"enumeration, but the {type(module).__name__}'s model and guide have none: mark "
+                "discrete sites with infer={'enumerate': 'parallel'} (pyro.infer."
+                "config_enumerate), or use objective 'elbo'"
+            )
+        return
+    if validated:
+        check_enumerable(model_trace, guide_trace)
+    need = nesting + int(bool(elbo.vectorize_particles) and elbo.num_particles > 1)
+    if named or elbo.max_plate_nesting == math.inf:
+        elbo.max_plate_nesting = need
+    elif elbo.max_plate_nesting < need:
+        raise ValueError(
+            f"objective: TraceEnum_ELBO(max_plate_nesting={elbo.max_plate_nesting}) is smaller "
+            f"than the {need} plate(s) the {type(module).__name__}'s model and guide nest: pass "
+            f"max_plate_nesting={need}, or leave it out and fit sets it"
+        )
