@@ -17,6 +17,11 @@ import torch
 
 MB = 2**20
 
+CLOCK: Callable[[], float] = time.perf_counter
+"""The clock :func:`timed` reads: the wall clock, or ``time.thread_time`` (this thread's CPU
+time; a benchmark's ``--clock cpu``), which another process's load on a shared machine barely
+moves where torch runs on the calling thread (``torch.set_num_threads(1)``)."""
+
 
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU)."""
@@ -27,10 +32,10 @@ def sync(device: torch.device) -> None:
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     """``fn()`` and its wall time in seconds, the device synchronized before and after."""
     sync(device)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     out = fn()
     sync(device)
-    return out, time.perf_counter() - t0
+    return out, CLOCK() - t0
 
 
 def peak_reset(device: torch.device) -> None:

@@ -7,6 +7,9 @@ device.
   collapse: the decoder ignores those latents. Read from the guide's trace, so any model/guide
   pair gets it, per latent site (per stochastic layer of a hierarchical VAE:
   :func:`active_units_by_site`).
+* **KL and active units per layer** of a hierarchical VAE (a module with ``layer_kls``:
+  :class:`~pvae.HierarchicalVAE`, a top-down ``LadderVAE``): :func:`layer_summary`, what a
+  run records each epoch (:func:`layer_columns`) and ``pvae plot --what kl`` draws.
 * **Mutual information** under the aggregate posterior
   :math:`q(z) = \frac1N\sum_n q(z\mid x_n)` (Hoffman & Johnson 2016):
   :math:`I(x; z) = \mathbb E_{x}\,\mathbb E_{q(z\mid x)}[\log q(z\mid x) - \log q(z)]`,
@@ -21,11 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from torch import Tensor
 
@@ -38,11 +44,15 @@ from pvae.traces import particle_traces
 
 __all__ = [
     "ActiveUnits",
+    "LayerSummary",
     "PriorHole",
     "active_units",
     "active_units_by_site",
     "aggregate_log_density",
     "kl_per_dimension",
+    "layer_columns",
+    "layer_history",
+    "layer_summary",
     "mutual_information",
     "prior_hole",
     "report",
@@ -166,6 +176,155 @@ def active_units(
             stacklevel=2,
         )
     return res
+
+
+@dataclass
+class LayerSummary:
+    r"""One stochastic layer's KL term and activity.
+
+    Attributes:
+        site: The layer's latent site (``"z1"`` bottom … ``"zL"`` top).
+        kl: Minibatch-mean KL term of the layer, nats (one draw of the inference chain; the
+            layers' terms sum to the KL term of the ELBO).
+        units: The same per unit, ``(d,)`` nats summing to ``kl``, or ``None`` where the layer's
+            densities do not split over units.
+        active: Active units (Burda et al. 2015: :math:`\mathrm{Cov}_x\,\mathbb E_q[z_u] >`
+            ``threshold``), ``None`` for fewer than 2 datapoints.
+        dim: The layer's number of units.
+    """
+
+    site: str
+    kl: float
+    units: Tensor | None
+    active: int | None
+    dim: int
+
+
+def _unit_terms(module: Any, x: Tensor) -> dict[str, Tensor]:
+    r"""Per unit of each latent site, the minibatch mean of :math:`\log q(z_u \mid \cdot) -
+    \log p(z_u \mid \cdot)` at one draw of the guide (the model replayed on it), for the sites
+    whose q and p are independent over units (``Independent`` over an elementwise base)."""
+    with pyro.validation_enabled(False), param_sites(False), poutine.block():
+        guide_trace = poutine.trace(module.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(module.model, trace=guide_trace)).get_trace(x)
+    out = {}
+    for name, g in guide_trace.nodes.items():
+        m = model_trace.nodes.get(name)
+        if g["type"] != "sample" or m is None or m.get("is_observed", False):
+            continue
+        q, p, v = g["fn"], m["fn"], g["value"]
+        bases = [getattr(d, "base_dist", None) for d in (q, p)]
+        if any(
+            b is None or getattr(d, "reinterpreted_batch_ndims", None) != 1
+            for b, d in zip(bases, (q, p), strict=True)
+        ):
+            continue
+        terms = bases[0].log_prob(v) - bases[1].log_prob(v)  # (B, d)
+        out[name] = terms.reshape(-1, terms.shape[-1]).mean(0)
+    return out
+
+
+@torch.no_grad()
+def layer_summary(
+    module: Any, x: Tensor, threshold: float = 1e-2, num_samples: int = 8
+) -> list[LayerSummary] | None:
+    """KL term and active units of each stochastic layer, bottom to top, for a module with
+    ``layer_kls(x)`` (a hierarchical VAE); ``None`` for any other module.
+
+    The per-unit KL comes from the module's ``unit_kls(x)`` where it has one (a closed form at
+    the drawn layer above), else from one draw of the guide with the model replayed on it (the
+    same estimator as ``layer_kls``); each layer's ``kl`` is then the sum of its units, so the
+    two agree. Active units are :func:`active_units_by_site` with ``num_samples`` draws of each
+    layer's latent parents.
+
+    Args:
+        module: The model (in eval mode for the plain, unweighted model).
+        x: Datapoints ``(N, *data_shape)``; a validation minibatch is enough.
+        threshold: Activity threshold on the variance over x of the posterior mean.
+        num_samples: Draws of the layers below for each posterior mean.
+
+    Example:
+        >>> import torch, pvae
+        >>> m = pvae.HierarchicalVAE((3, 2), data_shape=(4,))
+        >>> [(s.site, s.dim) for s in layer_summary(m, torch.rand(20, 4).round())]
+        [('z1', 3), ('z2', 2)]
+    """
+    layer_kls = getattr(module, "layer_kls", None)
+    if not callable(layer_kls):
+        return None
+    unit_kls = getattr(module, "unit_kls", None)
+    sites = tuple(getattr(module, "sites", ()))
+    if callable(unit_kls):
+        units: dict[str, Tensor] = dict(zip(sites, unit_kls(x), strict=True))
+    else:
+        units = _unit_terms(module, x)
+    units = {k: u for k, u in units.items() if u.dim() == 1}  # a 0-d: no split over units
+    kls = (
+        [float(units[s].sum()) for s in sites]
+        if all(s in units for s in sites)
+        else list(layer_kls(x))
+    )
+    active = (
+        {
+            k: a.count
+            for k, a in active_units_by_site(module, x, threshold, x.shape[0], num_samples).items()
+        }
+        if x.shape[0] > 1
+        else {}
+    )
+    dims = [int(d) for d in getattr(module, "latent_dims", [u.numel() for u in units.values()])]
+    return [
+        LayerSummary(s, kl, units.get(s), active.get(s), d)
+        for s, kl, d in zip(sites, kls, dims, strict=True)
+    ]
+
+
+_UNIT = re.compile(r"^val_unit_kl_(?P<site>.+)_(?P<unit>\d+)$")
+
+
+def layer_columns(summary: Sequence[LayerSummary]) -> dict[str, float]:
+    """A :func:`layer_summary` as a run's per-epoch history columns: ``val_kl_<site>`` (nats),
+    ``val_active_<site>`` (a count) and ``val_unit_kl_<site>_<u>`` (nats, u 0-based)."""
+    out: dict[str, float] = {}
+    for s in summary:
+        out[f"val_kl_{s.site}"] = s.kl
+        if s.active is not None:
+            out[f"val_active_{s.site}"] = s.active
+    for s in summary:
+        if s.units is not None:
+            out.update({f"val_unit_kl_{s.site}_{u}": float(v) for u, v in enumerate(s.units)})
+    return out
+
+
+def layer_history(
+    history: Sequence[Mapping[str, Any]],
+) -> tuple[list[float], dict[str, list[float]], dict[str, list[list[float]]]]:
+    """The :func:`layer_columns` of a history read back: the epochs, the KL per layer over
+    them and the KL per unit over them (``[epoch][unit]``), sites bottom to top. Epochs without
+    the columns (a run resumed from an older version) get NaN."""
+    epochs = [float(r.get("epoch", i + 1)) for i, r in enumerate(history)]
+    sites: dict[str, int] = {}
+    for r in history:
+        for key in r:
+            m = _UNIT.match(key)
+            if m:
+                site = m["site"]
+                sites[site] = max(sites.get(site, 0), int(m["unit"]) + 1)
+            elif key.startswith("val_kl_") and key != "val_kl_se":
+                sites.setdefault(key[len("val_kl_") :], 0)
+    order = sorted(sites, key=lambda k: (len(k), k))  # z1, z2, …, z10
+    nan = math.nan
+
+    def num(v: Any) -> float:
+        return nan if v is None else float(v)
+
+    layers = {s: [num(r.get(f"val_kl_{s}")) for r in history] for s in order}
+    units = {
+        s: [[num(r.get(f"val_unit_kl_{s}_{u}")) for u in range(sites[s])] for r in history]
+        for s in order
+        if sites[s]
+    }
+    return epochs, layers, units
 
 
 @torch.no_grad()
@@ -293,7 +452,9 @@ def report(model: Any, x: Tensor, subset: int = 1000) -> dict[str, Any]:
     For a pair with one encoder and prior (``encode``, ``prior``, ``latent_dim``: a
     :class:`~pvae.VAE`): active units, KL per dimension where the prior is factorized, and
     I(x; z) and the prior hole on the first ``subset`` datapoints (they cost O(N²)). For any
-    other pair (a hierarchical VAE, a user's module): active units per latent site. What needs a
+    other pair (a hierarchical VAE, a user's module): active units per latent site, and for a
+    hierarchical VAE (``layer_kls``) the KL term of each layer on the first ``subset``
+    datapoints (``kl_by_site``, :func:`layer_summary`). What needs a
     variance over datapoints (active units, I(x; z)) is ``None`` for a single datapoint, with a
     ``"note"`` saying so, instead of an error after the estimates were computed.
 
@@ -310,11 +471,14 @@ def report(model: Any, x: Tensor, subset: int = 1000) -> dict[str, Any]:
         out["note"] = "one datapoint: active units and I(x; z) need a variance over datapoints"
     if not callable(getattr(model, "encode", None)):  # several latent sites: per site only
         means = _site_means(model, x, 1024, 64)
+        layers = layer_summary(model, x[:subset], num_samples=1) or []
+        kl = {"kl_by_site": {s.site: s.kl for s in layers}} if layers else {}
         return {
             "active_units_by_site": {
                 k: ActiveUnits(mu.var(0), 1e-2).count if n > 1 else None for k, mu in means.items()
             },
             "units_by_site": {k: mu.shape[1] for k, mu in means.items()},
+            **kl,
             **out,
         }
     out.update(active_units=None, latent_dim=model.latent_dim)
@@ -351,6 +515,9 @@ def report_lines(dg: dict[str, Any]) -> list[str]:
             for k, a in dg["active_units_by_site"].items()
         )
         lines = [f"active units  {units}"]
+        if dg.get("kl_by_site"):
+            kls = ", ".join(f"{k} {num(v, '.2f')}" for k, v in dg["kl_by_site"].items())
+            lines.append(f"KL per layer  {kls} nats (one draw, minibatch mean)")
     else:
         au = "n/a" if dg["active_units"] is None else dg["active_units"]
         lines = [

@@ -14,9 +14,10 @@ from pvae import diagnostics
 from pvae._checks import positive_int
 from pvae.cli.common import DEVICE_HELP, FIGURE_HELP, MAX_PIXELS, check_pixels, figure_file
 from pvae.evaluation import log_px
+from pvae.rundir import read_history
 from pvae.runs import load_run
 
-__all__ = ["NEEDS", "PLOTS", "add_parser", "available", "run"]
+__all__ = ["NEEDS", "PLOTS", "add_parser", "available", "layered", "run"]
 
 PLOTS = (
     "manifold",
@@ -101,6 +102,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return pl
 
 
+def layered(module: object) -> bool:
+    """Whether ``module`` has several stochastic layers with a KL term each (``layer_kls``):
+    ``--what kl`` then draws the KL per layer and per unit over the epochs."""
+    return callable(getattr(module, "layer_kls", None))
+
+
 def available(module: object, data_shape: Sequence[int] | None) -> tuple[str, ...]:
     """The figures of :data:`PLOTS` that ``module`` (on datapoints of ``data_shape``) can draw."""
     from pvae.plotting import is_image_shape
@@ -109,7 +116,11 @@ def available(module: object, data_shape: Sequence[int] | None) -> tuple[str, ..
     return tuple(
         what
         for what, (methods, needs_images) in NEEDS.items()
-        if all(callable(getattr(module, m, None)) for m in methods) and (images or not needs_images)
+        if (
+            all(callable(getattr(module, m, None)) for m in methods)
+            or (what == "kl" and layered(module))
+        )
+        and (images or not needs_images)
     )
 
 
@@ -163,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         plotting.reconstructions(vae, x, **style)
     elif args.what == "curves":
         plotting.training_curves(run_.checkpoint["history"], **style)
+    elif args.what == "kl" and layered(vae):
+        from pvae.plotting.kl import layer_kl_curves
+
+        layer_kl_curves(read_history(run_.path), **style)
     elif args.what == "kl":
         plotting.kl_bars(diagnostics.kl_per_dimension(vae, x), **style)
     elif args.what == "khat":

@@ -283,7 +283,22 @@ _NAMES = {
 def _name(key: str) -> str:
     if key.startswith("val_iwae_") and key[9:].isdigit():
         return f"val IWAE k={key[9:]}"
+    if _layer_kl(key):
+        return f"val KL of layer {key[7:]}"
+    if key.startswith("val_active_"):
+        return f"active units of layer {key[11:]}"
     return _NAMES.get(key, key)
+
+
+def _layer_kl(key: str) -> bool:
+    """``val_kl_<site>``: a layer's KL term (:func:`pvae.diagnostics.layer_columns`)."""
+    return key.startswith("val_kl_") and key != "val_kl_se"
+
+
+def _shown(key: str) -> bool:
+    """Whether the summary lists ``key``: not the per-unit KL columns (``pvae plot --what kl``
+    draws them)."""
+    return not key.startswith("val_unit_kl_")
 
 
 def _number(v: Any) -> str:
@@ -302,8 +317,9 @@ def summary_table(record: Mapping[str, Any]) -> str:
     """The closing summary of a run as a small two-column table.
 
     Metrics are named in words; bounds are in nats per datapoint; an entry ``K_se`` is shown as
-    ``± s.e.`` next to ``K``; ``run`` (the run folder, if given) comes first. Unknown keys are
-    shown under their own names.
+    ``± s.e.`` next to ``K``; ``run`` (the run folder, if given) comes first. A hierarchical
+    VAE's KL term and active units per layer are listed (``val_kl_<site>``,
+    ``val_active_<site>``), its KL per unit is not. Unknown keys are shown under their own names.
 
     Args:
         record: The last epoch's record (:attr:`pvae.training.FitResult.final`), optionally with
@@ -318,13 +334,13 @@ def summary_table(record: Mapping[str, Any]) -> str:
         val ELBO                 -27.245 ± 0.300 nats (s.e. over data)
     """
     rows: list[tuple[str, str]] = []
-    keys = sorted(record, key=lambda k: k != "run")
+    keys = sorted((k for k in record if _shown(k)), key=lambda k: k != "run")
     nats = {"train_elbo", "val_elbo", "val_recon", "val_kl", "val_log_px"}
     for key in keys:
         if key.endswith("_se") and key[:-3] in record:
             continue
         value = _number(record[key]) if key != "images_per_second" else f"{record[key]:.0f}"
-        unit = " nats" if key in nats or key.startswith("val_iwae_") else ""
+        unit = " nats" if key in nats or key.startswith("val_iwae_") or _layer_kl(key) else ""
         se = record.get(f"{key}_se")
         if se is not None:
             value += f" ± {_number(se)}{unit} (s.e. over data)"

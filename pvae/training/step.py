@@ -48,6 +48,7 @@ __all__ = [
     "LossFn",
     "Objective",
     "StepOptions",
+    "TraceLoss",
     "TrainStep",
     "check_mean_field",
     "check_takes_labels",
@@ -149,18 +150,14 @@ def make_loss(
                 "compile applies to a standard VAE on the fused path; a conditional model "
                 "trains eagerly"
             )
-        return lambda x, idx, n: (
-            elbo.differentiable_loss(module.model, module.guide, x, y=labels[idx]) / x.shape[0]
-        )
+        return TraceLoss(elbo, module, labels=labels)
     if not vae_like(module):
         if opts.compile:
             say(
                 f"compile applies to a standard pvae.VAE on the fused path; a "
                 f"{type(module).__name__} trains eagerly through Pyro"
             )
-        return lambda x, idx, n: (
-            elbo.differentiable_loss(module.model, module.guide, x) / x.shape[0]
-        )
+        return TraceLoss(elbo, module)
     if opts.fast and isinstance(opts.objective, str):
         reason = fused.supports(module)
         if reason is None:
@@ -182,9 +179,60 @@ def make_loss(
     elif opts.compile:
         why = "fast=False" if not opts.fast else "a Pyro ELBO instance as the objective"
         say(f"compile applies to the fused path, which {why} turns off; training eagerly")
-    return lambda x, idx, n: (
-        elbo.differentiable_loss(module.model, module.guide, x, size=n, subsample=idx) / n
-    )
+    return TraceLoss(elbo, module, whole_data=True)
+
+
+class TraceLoss:
+    """The trace path's :data:`LossFn`: ``elbo.differentiable_loss`` over the module's model and
+    guide traces, per datapoint.
+
+    With ``whole_data`` the ``"data"`` plate runs over the whole dataset
+    (``model(x, size=N, subsample=idx)``, loss / N: a :class:`~pvae.VAE`); else over the
+    minibatch (loss / B), with the minibatch's ``labels[idx]`` as ``y=`` when ``labels`` is given.
+
+    **Checks once, not every step.** Pyro's validation (each distribution's argument and support
+    checks, the model/guide site match, site shapes, the NaN hooks of every ``log_prob_sum``)
+    costs O(batch) tensor passes and Python per site at every step, and the hand-written step it
+    is measured against (``benchmarks/two_layer_step.py``) pays none. It runs, as Pyro has it
+    set, on the first call and on the first call after :meth:`check_next` (each epoch's first
+    step, :func:`run_epoch`); the other steps run under ``pyro.validation_enabled(False)``. The
+    numbers are the same either way (validation only reads); a parameter that turns NaN then
+    shows as a NaN loss, which :func:`~pvae.training.divergence.raise_if_diverged` names by
+    epoch and step.
+    """
+
+    def __init__(
+        self,
+        elbo: pyro.infer.ELBO,
+        module: nn.Module,
+        whole_data: bool = False,
+        labels: Tensor | None = None,
+    ) -> None:
+        self.elbo = elbo
+        # Bound once: each attribute read of a PyroProgram's model/guide builds a new module.
+        self.model, self.guide = module.model, module.guide
+        self.whole_data = whole_data
+        self.labels = labels
+        self._check = True
+
+    def check_next(self) -> None:
+        """Run the next call with Pyro's validation as Pyro has it set."""
+        self._check = True
+
+    def __call__(self, x: Tensor, idx: Tensor, n: int) -> Tensor:
+        if self._check:
+            self._check = False
+            return self._loss(x, idx, n)
+        with pyro.validation_enabled(False):
+            return self._loss(x, idx, n)
+
+    def _loss(self, x: Tensor, idx: Tensor, n: int) -> Tensor:
+        dl = self.elbo.differentiable_loss
+        if self.whole_data:
+            return dl(self.model, self.guide, x, size=n, subsample=idx) / n
+        if self.labels is not None:
+            return dl(self.model, self.guide, x, y=self.labels[idx]) / x.shape[0]
+        return dl(self.model, self.guide, x) / x.shape[0]
 
 
 class CompiledLoss:
@@ -306,6 +354,7 @@ class TrainStep:
         self.steps = 0
         loss = make_loss(module, opts, quiet, labels)
         self.compiled = loss.compiled if isinstance(loss, CompiledLoss) else None
+        self.trace_loss = loss if isinstance(loss, TraceLoss) else None
         self.compile_seconds: float | None = None
         self.quiet = quiet
         self.engine: nn.Module = Objective(module, loss)
@@ -407,6 +456,11 @@ class TrainStep:
             file=sys.stderr,
         )
 
+    def begin_epoch(self) -> None:
+        """Have the epoch's first step run Pyro's checks (see :class:`TraceLoss`)."""
+        if self.trace_loss is not None:
+            self.trace_loss.check_next()
+
     def unweight(self) -> None:
         """Make the module the plain model again (β = 1, no free bits): for validation, the
         figures and the module returned. The next step sets β and free bits again."""
@@ -444,6 +498,7 @@ def run_epoch(
     gen = epoch_generator(seed, epoch)
     losses: list[Tensor] = []
     step.module.train()
+    step.begin_epoch()
     try:
         with fit_context():
             for idx, x in train.batches(batch_size, shuffle=True, generator=gen, shard=shard):

@@ -1,5 +1,6 @@
-"""Validation during training: the ELBO and its terms every epoch, IWAE_k curve points on a
-schedule, and the pictures a run folder gets at the end.
+"""Validation during training: the ELBO and its terms every epoch, for a hierarchical VAE the KL
+term and active units of each layer (and the KL of each unit) every epoch, IWAE_k curve points on
+a schedule, and the pictures a run folder gets at the end.
 
 Both estimators read the module's Pyro traces (:func:`pvae.evaluate_elbo`, :func:`pvae.bounds`),
 so they serve any module with ``model``/``guide``; the validation numbers are always the true
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from pvae import distributed as D
 from pvae.datasets import Split
+from pvae.diagnostics import layer_columns, layer_summary
 from pvae.evaluation.bounds import bounds
 from pvae.evaluation.elbo import ElboEstimate, evaluate_elbo
 from pvae.options import EvalOptions
@@ -28,6 +30,7 @@ from pvae.training.step import fit_context
 __all__ = [
     "ValidationOptions",
     "curve_points",
+    "layer_points",
     "validate",
     "validation_elbo",
     "write_figures",
@@ -69,7 +72,8 @@ def validate(
     the model and guide get the validation labels as ``y``.
 
     Returns:
-        ``val_elbo``, ``val_elbo_se``, ``val_recon``, ``val_kl``; on the curve schedule also
+        ``val_elbo``, ``val_elbo_se``, ``val_recon``, ``val_kl``; for a module with
+        ``layer_kls`` the columns of :func:`layer_points`; on the curve schedule also
         ``val_iwae_<k>`` for each k and ``val_log_px`` (the largest k).
     """
     module.eval()
@@ -83,6 +87,7 @@ def validate(
             "val_recon": s["recon"],
             "val_kl": s["kl"],
         }
+        record.update(layer_points(module, x[: opts.batch_size]))
         if opts.curves_at(epoch):
             sub = slice(0, opts.curve_subset)
             ys = None if y is None else y[sub]
@@ -114,6 +119,21 @@ def validation_elbo(
     every = torch.cat(D.gather_blocks({d.rank: mine}, d.world_size), dim=1)
     nan = torch.full_like(every[0], math.nan)
     return ElboEstimate(every[0], every[1], every[2], e.analytic_kl, e.num_dims, nan).summary()
+
+
+def layer_points(module: nn.Module, x: Tensor) -> dict[str, float]:
+    """For a hierarchical VAE (a module with ``layer_kls``), each layer's KL term
+    ``val_kl_<site>``, active units ``val_active_<site>`` and KL per unit
+    ``val_unit_kl_<site>_<u>`` on ``x`` (the first validation chunk:
+    :func:`pvae.diagnostics.layer_summary`, one draw of the guide and a few for the active
+    units, a small share of an epoch); nothing for any other module. Its draws come from a
+    forked random state, so training draws what it would without it."""
+    if not callable(getattr(module, "layer_kls", None)):
+        return {}
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        summary = layer_summary(module, x)
+    return layer_columns(summary) if summary else {}
 
 
 def curve_points(
