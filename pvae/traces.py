@@ -159,7 +159,9 @@ def check_sites(
             enum = bool(site["infer"].get("enumerate"))
             if enum and not enumerated:
                 raise ValueError(
-                    f"{role} site {name!r} is enumerated; pvae's estimators need sampled sites"
+                    f"{role} site {name!r} is enumerated; this computation samples every site "
+                    "(train such a pair with objective 'enum_elbo'; pvae.log_px, bounds and "
+                    "evaluate_elbo sum enumerated sites out)"
                 )
             if data_frame(site, data_plate) is None:
                 what = "observed site" if site["is_observed"] else "latent site"

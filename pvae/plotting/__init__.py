@@ -18,6 +18,7 @@ One module per kind of figure: :mod:`~pvae.plotting.style` (the shared style, fi
 and saving), :mod:`~pvae.plotting.images` (reconstructions, samples, image grids),
 :mod:`~pvae.plotting.latents` (manifold, scatter, interpolation, traversals),
 :mod:`~pvae.plotting.curves` (training curves, KL bars, k̂),
+:mod:`~pvae.plotting.kl` (KL per layer and per unit over training),
 :mod:`~pvae.plotting.ladder` (the bound ladder) and :mod:`~pvae.plotting.comparisons` (runs
 compared). Every figure function is importable from :mod:`pvae.plotting` itself.
 """
@@ -25,6 +26,7 @@ compared). Every figure function is importable from :mod:`pvae.plotting` itself.
 from pvae.plotting.comparisons import comparison
 from pvae.plotting.curves import khat_plot, kl_bars, training_curves
 from pvae.plotting.images import is_image_shape, reconstructions, samples
+from pvae.plotting.kl import layer_kl_curves
 from pvae.plotting.ladder import bound_ladder
 from pvae.plotting.latents import interpolation, latent_manifold, latent_scatter, traversals
 from pvae.plotting.style import DPI, STYLE, WIDTH
@@ -41,6 +43,7 @@ __all__ = [
     "kl_bars",
     "latent_manifold",
     "latent_scatter",
+    "layer_kl_curves",
     "reconstructions",
     "samples",
     "training_curves",

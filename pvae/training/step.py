@@ -159,7 +159,7 @@ def make_loss(
             )
         return TraceLoss(elbo, module)
     if opts.fast and isinstance(opts.objective, str):
-        reason = fused.supports(module)
+        reason = fused.supports(module, opts.objective)
         if reason is None:
             fo = fused.FusedObjective(
                 opts.objective, opts.num_particles, opts.vectorize_particles, opts.estimator
@@ -365,7 +365,9 @@ class TrainStep:
             self.engine = DistributedDataParallel(
                 self.engine,
                 device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=opts.free_bits > 0,  # masked KL leaves prior params unused
+                # a masked KL (free bits, global or per layer) leaves prior params unused
+                find_unused_parameters=opts.free_bits > 0
+                or getattr(module, "layer_free_bits", None) is not None,
             )
             torch.manual_seed(seed * 7919 + d.rank)  # each rank its own noise; same weights
         self.optimizer = make_optimizer(
