@@ -33,6 +33,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from pvae._checks import positive_int
@@ -97,11 +98,27 @@ def _site_means(model: Any, x: Tensor, batch_size: int, num_samples: int) -> dic
                     m = site["fn"].mean
                 except NotImplementedError:
                     m = site["value"]
+                if not bool(torch.isfinite(m).all()):
+                    continue  # no mean (a categorical, e.g. an enumerated class): no units
                 m = m.expand(site["value"].shape)
                 event = site["fn"].event_dim
                 per = m.reshape(num_samples, -1, *m.shape[m.dim() - event :]).mean(0)
                 out.setdefault(name, []).append(per.reshape(per.shape[0], -1))
     return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def _one_encoder(model: Any, x: Tensor) -> bool:
+    """Whether the pair is a one-site VAE (``encode`` and a guide with one latent site)."""
+    if not callable(getattr(model, "encode", None)):
+        return False
+    with pyro.validation_enabled(False), param_sites(False):
+        tr = poutine.trace(model.guide).get_trace(x[:1])
+    latent = [
+        name
+        for name, site in tr.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+    return len(latent) == 1
 
 
 @torch.no_grad()
@@ -469,7 +486,7 @@ def report(model: Any, x: Tensor, subset: int = 1000) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if n < 2:
         out["note"] = "one datapoint: active units and I(x; z) need a variance over datapoints"
-    if not callable(getattr(model, "encode", None)):  # several latent sites: per site only
+    if not _one_encoder(model, x):  # several latent sites: per site only
         means = _site_means(model, x, 1024, 64)
         layers = layer_summary(model, x[:subset], num_samples=1) or []
         kl = {"kl_by_site": {s.site: s.kl for s in layers}} if layers else {}
