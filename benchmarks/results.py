@@ -59,14 +59,26 @@ def overrides(config: Path) -> tuple[list[str], str]:
     return ["data.name=fashion-mnist"], "F-MNIST binarized"
 
 
+def epochs_of(config: Path, args: argparse.Namespace) -> int:
+    """The epochs of ``config``'s runs: ``--epochs``, or its own ``--epochs-for NAME=E``."""
+    for item in args.epochs_for:
+        name, _, e = item.partition("=")
+        if name == config.stem:
+            return int(e)
+    return args.epochs
+
+
 def one_run(config: Path, seed: int, args: argparse.Namespace) -> dict:
-    """Train, evaluate and AIS one (config, seed); return the figures of the row."""
-    run = Path(args.out) / config.stem / f"seed{seed}"
+    """Train, evaluate and AIS one (config, seed); return the figures of the row. A run
+    folder that already holds the budget's epochs is evaluated, not trained again."""
+    epochs = epochs_of(config, args)
+    run = Path(args.out) / f"{config.stem}-e{epochs}" / f"seed{seed}"
     sets, label = overrides(config)
-    sets += [f"train.epochs={args.epochs}", f"train.seed={seed}"]
+    sets += [f"train.epochs={epochs}", f"train.seed={seed}"]
     sets += [f"train.batch_size={args.batch_size}", "eval.curve_ks=[]"]
     t0 = time.time()
-    if not (run / "metrics.json").exists():
+    done = (run / "metrics.json").exists()
+    if not done or len(json.loads((run / "metrics.json").read_text())) < epochs:
         pvae("train", "--config", str(config), "--out", str(run), "--quiet",
              *[a for s in sets for a in ("--set", s)])  # fmt: skip
     history = json.loads((run / "metrics.json").read_text())
@@ -76,6 +88,7 @@ def one_run(config: Path, seed: int, args: argparse.Namespace) -> dict:
     return {
         "config": config.stem,
         "data": label,
+        "epochs": epochs,
         "seed": seed,
         "run": str(run),
         "log_px": ev["log_px"],
@@ -115,10 +128,10 @@ def pooled(rows: list[dict], key: str, mc: str | None = None) -> str:
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     """The markdown table, one line per config, seeds pooled."""
     head = (
-        f"| config | data | log p(x), IWAE k={args.k} | AIS ({args.ais_subset} images) | ELBO "
-        "| bits/dim | active units | s/epoch | seeds |"
+        f"| config | data | epochs | log p(x), IWAE k={args.k} | AIS ({args.ais_subset} images) "
+        "| ELBO | bits/dim | active units | s/epoch | seeds |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for name in dict.fromkeys(r["config"] for r in rows):
         rs = [r for r in rows if r["config"] == name]
         bpd = -statistics.fmean(r["log_px"] for r in rs) / (PIXELS * math.log(2))
@@ -126,6 +139,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         cells = [
             f"`{name}`",
             rs[0]["data"],
+            str(rs[0]["epochs"]),
             pooled(rs, "log_px", "log_px_se"),
             pooled(rs, "ais", "ais_se"),
             pooled(rs, "elbo"),
@@ -135,6 +149,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             ", ".join(str(r["seed"]) for r in rs),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    for item in args.skip:
+        name, _, why = item.partition("=")
+        lines.append(f"| `{name}` | not run here: {why} |" + " |" * 8)
     return "\n".join(lines)
 
 
@@ -151,6 +168,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="*", help="config names (default: every shipped one)")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs-for", nargs="*", default=[], metavar="NAME=E", help="per config")
+    p.add_argument(
+        "--skip", nargs="*", default=[], metavar="NAME=WHY", help="configs not run, and why"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--k", type=int, default=5000)
@@ -160,15 +181,17 @@ def main() -> None:
     p.add_argument("--page", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--no-write", action="store_true", help="print the table only")
     args = p.parse_args()
+    skipped = {item.partition("=")[0] for item in args.skip}
     names = args.configs or sorted(c.stem for c in CONFIGS.glob("*.toml"))
+    names = [n for n in names if n not in skipped]
     t0 = time.time()
     rows = [one_run(CONFIGS / f"{n}.toml", s, args) for n in names for s in args.seeds]
     wall = time.time() - t0
     text = table(rows, args)
     cmd = " ".join(["python benchmarks/results.py", *sys.argv[1:]])
     stamp = (
-        f"\n\n`{cmd}`: {args.epochs} epochs at batch {args.batch_size} per run, "
-        f"{len(rows)} runs, {wall / 60:.0f} min wall on this machine."
+        f"\n\n`{cmd}`: batch {args.batch_size}, {len(rows)} runs; evaluating (and training "
+        f"what was not trained yet) took {wall / 60:.0f} min wall on this machine."
     )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
