@@ -210,6 +210,7 @@ class LadderVAE(BaseVAE):
         self._step = 0  # training steps so far (kl_step's value, without a device sync)
         self._token = object()  # the backward pass that will count the current step
         self._decided: tuple[Weight, ...] = ()  # the layers' weights from the last guide
+        self._priors: dict[int, tuple[Tensor, dist.Independent]] = {}  # the last guide's p_l
         if data_shape is not None:
             self.build(data_shape)
 
@@ -300,6 +301,9 @@ class LadderVAE(BaseVAE):
         if z_above is None:
             return dist.Normal(*est).to_event(1), self.prior()
         p = self.conditional(layer, z_above)
+        # the model replays the guide's draws: it reuses this prior instead of running the
+        # p-head again (the same numbers; one network pass per layer and step saved)
+        self._priors[layer] = (z_above, p)
         mu_p, s_p = p.base_dist.loc, p.base_dist.scale
         mu_h, s_h = est
         if self.merge == "precision":
@@ -445,10 +449,13 @@ class LadderVAE(BaseVAE):
         obs = observation(x)
         w = self._model_weights()
         L = self.num_layers
+        priors, self._priors = self._priors, {}
         with self.data_plate(x, size, subsample, batch_size):
             z = self._sample(f"z{L}", self.prior(), w[L - 1])
             for i in reversed(range(L - 1)):
-                z = self._sample(f"z{i + 1}", self.conditional(i, z), w[i])
+                z_above, p = priors.get(i, (None, None))
+                p = p if z_above is z else self.conditional(i, z)
+                z = self._sample(f"z{i + 1}", p, w[i])
             return pyro.sample("x", self.decode(z), obs=obs)
 
     def guide(
@@ -466,6 +473,7 @@ class LadderVAE(BaseVAE):
             The draw of the bottom layer z_1.
         """
         x = self._guide_data(x)
+        self._priors = {}
         with self.data_plate(x, size, subsample):
             hs = self.bottom_up(x)
             self._count_step(hs[0])

@@ -395,3 +395,48 @@ def test_each_ladder_config_loads_and_trains_an_epoch_on_digits(name, tmp_path, 
     assert math.isfinite(res.history[-1]["train_elbo"]) and math.isfinite(
         res.history[-1]["val_elbo"]
     )
+
+
+@pytest.mark.parametrize("merge", ["precision", "residual"])
+def test_the_model_reuses_the_guides_priors_with_the_same_loss_and_gradients(merge, monkeypatch):
+    """Under replay the model takes p(z_l | z_{l+1}) from the guide's pass (one p-head pass
+    per layer and step, as a hand-written step); loss and gradients equal a model that runs
+    the p-heads again, in float64."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        pyro.set_rng_seed(0)
+        vae = small(dims=(4, 3, 2), merge=merge)
+        x = binary().double()
+        calls = []
+        for head in vae.paths.p_heads:
+            head.register_forward_hook(lambda *_: calls.append(1))
+
+        def loss_and_grads(seed):
+            vae.zero_grad()
+            pyro.set_rng_seed(seed)
+            elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+            loss = elbo.differentiable_loss(
+                vae.model, vae.guide, x, size=len(x), subsample=torch.arange(len(x))
+            )
+            loss.backward()
+            return loss.detach(), [p.grad.clone() for p in vae.parameters() if p.grad is not None]
+
+        calls.clear()
+        loss, grads = loss_and_grads(1)
+        assert len(calls) == 2  # two p-heads, each once
+        plain = pvae.LadderVAE.model
+
+        def uncached(self, *args, **kwargs):
+            self._priors = {}
+            return plain(self, *args, **kwargs)
+
+        monkeypatch.setattr(pvae.LadderVAE, "model", uncached)
+        calls.clear()
+        ref_loss, ref_grads = loss_and_grads(1)
+        assert len(calls) == 4  # the model runs them again
+        assert torch.allclose(loss, ref_loss, rtol=0, atol=1e-12)
+        assert len(grads) == len(ref_grads)
+        for g, r in zip(grads, ref_grads, strict=True):
+            assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
+    finally:
+        torch.set_default_dtype(torch.float32)
