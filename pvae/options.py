@@ -39,7 +39,9 @@ class TrainOptions:
             analytic KL), ``"iwae"`` (importance-weighted bound, K = ``num_particles``),
             ``"enum_elbo"`` (``TraceEnum_ELBO``: discrete sites marked for enumeration, e.g. by
             ``config_enumerate``, summed out exactly; ``max_plate_nesting`` is read from the
-            traces), or, in Python, any Pyro ELBO instance.
+            traces), ``"vimco"`` (the K-sample bound, VIMCO's leave-one-out baselines for
+            sites without ``rsample``), ``"rws"`` (reweighted wake-sleep), or, in Python, any
+            Pyro ELBO instance.
         num_particles: Samples of the latents per datapoint in each ELBO estimate.
         vectorize_particles: Draw those samples in one batched pass.
         estimator: Encoder gradient estimator for ``"iwae"``: ``"reparam"``, ``"stl"``,
