@@ -59,19 +59,20 @@ def overrides(config: Path) -> tuple[list[str], str]:
     return ["data.name=fashion-mnist"], "F-MNIST binarized"
 
 
-def epochs_of(config: Path, args: argparse.Namespace) -> int:
-    """The epochs of ``config``'s runs: ``--epochs``, or its own ``--epochs-for NAME=E``."""
-    for item in args.epochs_for:
-        name, _, e = item.partition("=")
-        if name == config.stem:
-            return int(e)
-    return args.epochs
+def setting(config: Path, key: str, args: argparse.Namespace) -> int | list[int]:
+    """``--KEY`` (epochs, k, seeds), or ``config``'s own ``--for NAME.KEY=VALUE``."""
+    for item in args.for_:
+        target, _, value = item.partition("=")
+        if target == f"{config.stem}.{key}":
+            values = [int(v) for v in value.split(",")]
+            return values if key == "seeds" else values[0]
+    return getattr(args, key)
 
 
 def one_run(config: Path, seed: int, args: argparse.Namespace) -> dict:
     """Train, evaluate and AIS one (config, seed); return the figures of the row. A run
     folder that already holds the budget's epochs is evaluated, not trained again."""
-    epochs = epochs_of(config, args)
+    epochs, k = setting(config, "epochs", args), setting(config, "k", args)
     run = Path(args.out) / f"{config.stem}-e{epochs}" / f"seed{seed}"
     sets, label = overrides(config)
     sets += [f"train.epochs={epochs}", f"train.seed={seed}"]
@@ -82,10 +83,10 @@ def one_run(config: Path, seed: int, args: argparse.Namespace) -> dict:
         pvae("train", "--config", str(config), "--out", str(run), "--quiet",
              *[a for s in sets for a in ("--set", s)])  # fmt: skip
     history = json.loads((run / "metrics.json").read_text())
-    cache = run / f"results-k{args.k}-n{args.subset}-ais{args.ais_subset}.json"
+    cache = run / f"results-k{k}-n{args.subset}-ais{args.ais_subset}.json"
     if cache.exists():  # evaluated before with these settings: the same numbers
         return json.loads(cache.read_text())
-    ev = json.loads(pvae("evaluate", str(run), "--k", str(args.k), "--subset", str(args.subset),
+    ev = json.loads(pvae("evaluate", str(run), "--k", str(k), "--subset", str(args.subset),
                          "--json", "--quiet"))  # fmt: skip
     try:
         ais = json.loads(
@@ -99,6 +100,7 @@ def one_run(config: Path, seed: int, args: argparse.Namespace) -> dict:
         "config": config.stem,
         "data": label,
         "epochs": epochs,
+        "k": k,
         "seed": seed,
         "run": str(run),
         "log_px": ev["log_px"],
@@ -157,7 +159,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             label,
             rs[0]["data"],
             str(rs[0]["epochs"]),
-            pooled(rs, "log_px", "log_px_se"),
+            pooled(rs, "log_px", "log_px_se")
+            + ("" if rs[0]["k"] == args.k else f" (k={rs[0]['k']})"),
             pooled(rs, "ais", "ais_se"),
             pooled(rs, "elbo"),
             f"{bpd:.3f}",
@@ -185,7 +188,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="*", help="config names (default: every shipped one)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--epochs-for", nargs="*", default=[], metavar="NAME=E", help="per config")
+    p.add_argument(
+        "--for",
+        dest="for_",
+        nargs="*",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="a config's own epochs, k or seeds (comma-separated), e.g. m2-fashion-mnist.k=500",
+    )
     p.add_argument(
         "--skip", nargs="*", default=[], metavar="NAME=WHY", help="configs not run, and why"
     )
@@ -202,7 +212,11 @@ def main() -> None:
     names = args.configs or sorted(c.stem for c in CONFIGS.glob("*.toml"))
     names = [n for n in names if n not in skipped]
     t0 = time.time()
-    rows = [one_run(CONFIGS / f"{n}.toml", s, args) for n in names for s in args.seeds]
+    rows = [
+        one_run(CONFIGS / f"{n}.toml", s, args)
+        for n in names
+        for s in setting(CONFIGS / f"{n}.toml", "seeds", args)
+    ]
     wall = time.time() - t0
     text = table(rows, args)
     cmd = " ".join(["python benchmarks/results.py", *sys.argv[1:]])
