@@ -200,7 +200,7 @@ def test_resume_extends_a_run(run_dir, capsys):
     ("argv", "match"),
     [
         (["--set", "model.prior.name=vampp"], "unknown model.prior.name 'vampp'"),
-        (["--set", "data.name=cifar10"], "unknown dataset 'cifar10'"),
+        (["--set", "data.name=svhn"], "unknown dataset 'svhn'"),
         (["--set", "train.batch_size=0"], "train.batch_size must be a positive integer, got 0"),
         (["--set", "model.encoder.hidden=[0]"], "hidden must be a positive integer, got 0"),
     ],
