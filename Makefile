@@ -49,7 +49,7 @@ notebooks: $(STAMP)  ## re-execute examples/*.ipynb in full mode, in place, and 
 RESULTS_OUT ?= runs/results
 results: $(STAMP)  ## every shipped config on Fashion-MNIST, evaluated alike, into docs/results.md (about 2 h on 2 cores)
 	$(BIN)/python benchmarks/results.py --out $(RESULTS_OUT) --epochs 10 --seeds 0 1 2 \
-	    --k 5000 --subset 2000 --ais-subset 20 \
+	    --k 5000 --subset 500 --ais-subset 20 \
 	    --for m2-fashion-mnist.epochs=1 m2-fashion-mnist.seeds=0 m2-fashion-mnist.k=500 \
 	        sbn-vimco.epochs=1 sbn-vimco.seeds=0 \
 	    --skip "ladder-conv-cifar-small=a conv hierarchy for CIFAR-10; about 2.5 h per Fashion-MNIST epoch on 2 CPU cores (6 images/s measured)" \
