@@ -85,7 +85,15 @@ def one_run(config: Path, seed: int, args: argparse.Namespace) -> dict:
     history = json.loads((run / "metrics.json").read_text())
     cache = run / f"results-k{k}-n{args.subset}-ais{args.ais_subset}.json"
     if cache.exists():  # evaluated before with these settings: the same numbers
-        return json.loads(cache.read_text())
+        row = json.loads(cache.read_text())
+        if all(isinstance(a, str) for a in row["active"]) and row["active"]:
+            return row
+        # an older cache without the per-site counts: the diagnostics alone (no log p(x))
+        light = pvae("evaluate", str(run), "--k", "0", "--subset", str(args.subset), "--json",
+                     "--quiet", "--no-store")  # fmt: skip
+        row["active"] = active_units(json.loads(light)["diagnostics"])
+        cache.write_text(json.dumps(row))
+        return row
     ev = json.loads(pvae("evaluate", str(run), "--k", str(k), "--subset", str(args.subset),
                          "--json", "--quiet"))  # fmt: skip
     try:
@@ -118,15 +126,16 @@ def one_run(config: Path, seed: int, args: argparse.Namespace) -> dict:
     return row
 
 
-def active_units(diag: dict) -> list[int]:
-    """Active units per latent layer (bottom first), from ``pvae evaluate``'s diagnostics."""
-    per_layer = diag.get("active_units_per_layer")
-    if per_layer is not None:
-        return list(per_layer)
-    au = diag.get("active_units")
-    if isinstance(au, dict):
-        return list(au.values())
-    return [] if au is None else [au]
+def active_units(diag: dict) -> list[str]:
+    """Active units per latent site (sites in name order: z1, z2, ... bottom first), from
+    ``pvae evaluate``'s diagnostics, as ``"site a/n"``."""
+    by_site = diag.get("active_units_by_site")
+    if by_site:
+        units = diag.get("units_by_site", {})
+        return [f"{k} {v}/{units.get(k, '?')}" for k, v in sorted(by_site.items())]
+    if diag.get("active_units") is not None:
+        return [f"z {diag['active_units']}/{diag.get('latent_dim', '?')}"]
+    return []
 
 
 def pooled(rows: list[dict], key: str, mc: str | None = None) -> str:
