@@ -211,6 +211,17 @@ class SiteTerms:
         """``(K, B)`` log weights: Σ log p over the model's sites − Σ log q over the guide's."""
         return sum(self.model.values()) - sum(self.guide.values())
 
+    def scale(self, objective: str) -> float:
+        """The one scale of every site (the data plate's N / B), which a multi-sample bound
+        applies to its log-mean-exp; ``objective`` names the bound in the error otherwise."""
+        if len(self.scales) != 1:
+            raise ValueError(
+                f"{objective} needs one scale for all sites (the data plate's N / B), got "
+                f"{sorted(self.scales)}; poutine.scale on single sites does not fit the "
+                f"{objective} bound"
+            )
+        return next(iter(self.scales))
+
 
 def site_terms(
     model_trace: Any,

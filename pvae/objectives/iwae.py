@@ -148,13 +148,9 @@ class IWAE(pyro.infer.ELBO):
         if self.estimator != "reparam":
             log_q = self._log_q_fixed(program, guide_trace, args, kwargs)
         terms = site_terms(model_trace, guide_trace, k, nesting, self.data_plate, log_q)
-        if len(terms.scales) != 1:
-            raise ValueError(
-                "IWAE needs one scale for all sites (the data plate's N / B), got "
-                f"{sorted(terms.scales)}; poutine.scale on single sites does not fit the IWAE bound"
-            )
+        scale = terms.scale("IWAE")
         latents = [s["value"] for s in guide_trace.nodes.values() if s["type"] == "sample"]
-        return terms.lw, terms.scales.pop(), latents
+        return terms.lw, scale, latents
 
     def _log_q_fixed(self, program: Any, guide_trace: Any, args: Any, kwargs: Any) -> dict:
         """log q of the guide's draws with the guide's parameters held fixed, z still

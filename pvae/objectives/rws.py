@@ -129,12 +129,7 @@ class RWS(pyro.infer.ReweightedWakeSleep):
             as_program(model, guide), args, kwargs, k, self.nesting, self.data_plate
         )
         terms = site_terms(model_trace, guide_trace, k, self.nesting, self.data_plate)
-        if len(terms.scales) != 1:
-            raise ValueError(
-                "RWS needs one scale for all sites (the data plate's N / B), got "
-                f"{sorted(terms.scales)}; poutine.scale on single sites does not fit the bound"
-            )
-        scale = terms.scales.pop()
+        scale = terms.scale("RWS")
         log_q = sum(terms.guide.values())
         lw = sum(terms.model.values()) - log_q.detach()
         wake_theta = -scale * (lw.logsumexp(0) - math.log(k)).sum()

@@ -145,11 +145,7 @@ class VIMCO(pyro.infer.ELBO):
             as_program(model, guide), args, kwargs, k, self.nesting, self.data_plate
         )
         terms = site_terms(model_trace, guide_trace, k, self.nesting, self.data_plate)
-        if len(terms.scales) != 1:
-            raise ValueError(
-                "VIMCO needs one scale for all sites (the data plate's N / B), got "
-                f"{sorted(terms.scales)}; poutine.scale on single sites does not fit the bound"
-            )
+        scale = terms.scale("VIMCO")
         lw = terms.lw
         score = [
             terms.guide[name]
@@ -157,7 +153,7 @@ class VIMCO(pyro.infer.ELBO):
             if site["type"] == "sample" and not site["fn"].has_rsample
         ]
         log_q_score = sum(score) if score else torch.zeros_like(lw)
-        return vimco_surrogate(lw, log_q_score, self.baseline), terms.scales.pop()
+        return vimco_surrogate(lw, log_q_score, self.baseline), scale
 
     def differentiable_loss(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
