@@ -109,7 +109,7 @@ def ladder_hand_loss(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     est = m.estimates(m.bottom_up(x))
     z, log_w = None, 0.0
     for i in reversed(range(m.num_layers)):
-        q, p = m.pair(i, est[i], z)
+        q, p, _ = m.pair(i, est[i], z)
         loc, scale = q.base_dist.loc, q.base_dist.scale
         z = loc + scale * torch.randn_like(loc)
         log_w = log_w - _log_normal(z, loc, scale)

@@ -94,6 +94,8 @@ class HierarchicalVAE(BaseVAE):
             (z_0 = x): the inference MLP uses them in order, the generative one reversed. Default
             ``(2 · dim_l, 2 · dim_l)`` for each layer.
         activation: Activation of the default MLPs (a name in :data:`pvae.nets.ACTIVATIONS`).
+        skip: Residual connections around the default MLPs' hidden layers
+            (:class:`pvae.nets.MLP`).
         encoders: L modules, the l-th mapping z_{l-1} (x for l = 1) to the distribution
             q(z_l | z_{l-1}) with event shape ``(dim_l,)``. Default: diagonal Gaussians over MLPs.
         conditionals: L − 1 modules, the l-th mapping z_{l+1} to p(z_l | z_{l+1}) with event
@@ -121,6 +123,7 @@ class HierarchicalVAE(BaseVAE):
         likelihood: Likelihood | None = None,
         hidden: Sequence[Sequence[int]] | None = None,
         activation: str = "tanh",
+        skip: bool = False,
         encoders: Sequence[nn.Module] | None = None,
         conditionals: Sequence[nn.Module] | None = None,
         decoder: nn.Module | None = None,
@@ -141,6 +144,9 @@ class HierarchicalVAE(BaseVAE):
         if isinstance(activation, str):  # an unknown name fails here, not at build time
             lookup("activation", nets.ACTIVATIONS, activation)
         self.activation = activation
+        if not isinstance(skip, bool):
+            raise TypeError(f"skip must be True or False, got {skip!r}")
+        self.skip = skip
         self.encoders = _module_list("encoders", encoders, L)
         self.conditionals = _module_list("conditionals", conditionals, L - 1)
         self.decoder = decoder
@@ -162,21 +168,22 @@ class HierarchicalVAE(BaseVAE):
     def _build_networks(self, shape: tuple[int, ...]) -> None:
         """Diagonal Gaussians over MLPs for the encoders and conditionals, and an MLP decoder,
         where none were given."""
-        dims, act = self.latent_dims, self.activation
+        dims, act, skip = self.latent_dims, self.activation, self.skip
         inputs: list[int | tuple[int, ...]] = [shape, *dims[:-1]]
         if self.encoders is None:
             self.encoders = nn.ModuleList(
-                DiagonalNormal(nets.MLP(i, 2 * d, h, act), d)
+                DiagonalNormal(nets.MLP(i, 2 * d, h, act, skip=skip), d)
                 for i, d, h in zip(inputs, dims, self.hidden, strict=True)
             )
         if self.conditionals is None:
             self.conditionals = nn.ModuleList(
-                DiagonalNormal(nets.MLP(above, 2 * d, tuple(reversed(h)), act), d)
+                DiagonalNormal(nets.MLP(above, 2 * d, tuple(reversed(h)), act, skip=skip), d)
                 for d, above, h in zip(dims[:-1], dims[1:], self.hidden[1:], strict=True)
             )
         if self.decoder is None:
             param_shape = self.likelihood.param_shape(shape)
-            self.decoder = nets.MLP(dims[0], param_shape, tuple(reversed(self.hidden[0])), act)
+            widths = tuple(reversed(self.hidden[0]))
+            self.decoder = nets.MLP(dims[0], param_shape, widths, act, skip=skip)
 
     def _prior_encoder(self) -> _MeanChain:
         return _MeanChain(self)

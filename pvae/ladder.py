@@ -115,14 +115,15 @@ class _TopEncoder:
 
 
 class _Decoder:
-    """The paths' decoder over flat z_1 (the site's value), reshaped to ``latent_shapes[0]``."""
+    """The paths' decoder over the code: flat z_1 (the site's value), reshaped to
+    ``latent_shapes[0]``; with a generative skip, the flat :math:`[z_1, t_1]` as it is."""
 
     def __init__(self, program: LadderVAE) -> None:
         self._program = program
 
-    def __call__(self, z: Tensor) -> Tensor:
+    def __call__(self, code: Tensor) -> Tensor:
         p = self._program
-        return p.paths.decoder(p.unflat(z, 0))
+        return p.paths.decoder(code if p.generative_skip else p.unflat(code, 0))
 
 
 class LadderVAE(BaseVAE):
@@ -139,6 +140,12 @@ class LadderVAE(BaseVAE):
         activation: Their activation (a name in :data:`pvae.nets.ACTIVATIONS`).
         norm: ``None``, ``"batch"`` or ``"weight"`` normalization in their hidden layers.
         skip: Residual connections around their hidden layers.
+        generative_skip: A deterministic top-down path in the generative model (Dieng et al.
+            2019's skip connections; the top-down state of Kingma et al. 2016 and NVAE): the
+            features :math:`t_l` of the network that gives p(z_l | ·) feed the layer below with
+            :math:`z_l`, so :math:`p(z_l \mid z_{l+1}, t_{l+1})` and :math:`p(x \mid z_1, t_1)`:
+            x depends on every layer directly, not only through z_1's noise, which keeps the top
+            layers in use. The default MLP paths only.
         paths: The deterministic networks, a :class:`pvae.nets.LadderPaths` module (MLP or conv);
             by default :class:`MLPLadderPaths`, built for the data shape.
         min_scale: σ_min, added to every softplus scale.
@@ -172,6 +179,7 @@ class LadderVAE(BaseVAE):
         activation: str = "tanh",
         norm: str | None = None,
         skip: bool = False,
+        generative_skip: bool = False,
         paths: nn.Module | None = None,
         min_scale: float = 1e-4,
         layer_warmup: int | Sequence[int] | None = None,
@@ -196,6 +204,12 @@ class LadderVAE(BaseVAE):
         if norm is not None:
             one_of("norm", norm, NORMS)
         self.activation, self.norm, self.skip = activation, norm, bool(skip)
+        if generative_skip and paths is not None and not getattr(paths, "generative_skip", False):
+            raise ValueError(
+                "generative_skip needs paths built with it (MLPLadderPaths(..., "
+                f"generative_skip=True)); got {type(paths).__name__} without it"
+            )
+        self.generative_skip = bool(generative_skip or getattr(paths, "generative_skip", False))
         self.min_scale = positive_float("min_scale", min_scale, allow_zero=True)
         self.layer_warmup = per_layer("layer_warmup", layer_warmup, L, nonneg_int)
         self.layer_free_bits = per_layer("layer_free_bits", layer_free_bits, L, nonneg_float)
@@ -245,7 +259,7 @@ class LadderVAE(BaseVAE):
     def _build_networks(self, shape: tuple[int, ...]) -> None:
         if self.paths is None:
             out = self.likelihood.param_shape(shape)
-            args = (self.hidden, self.activation, self.norm, self.skip)
+            args = (self.hidden, self.activation, self.norm, self.skip, self.generative_skip)
             self.paths = MLPLadderPaths(shape, out, self.latent_dims, *args)
 
     def _prior_encoder(self) -> _TopEncoder:
@@ -288,22 +302,46 @@ class LadderVAE(BaseVAE):
             self.loc_scale(head(h), i) for i, (head, h) in enumerate(zip(heads, hs, strict=True))
         ]
 
-    def conditional(self, layer: int, z_above: Tensor) -> dist.Independent:
-        """p(z_l | z_{l+1}) for 0-based ``layer`` < L − 1, at the flat draw ``z_above``."""
-        return self.normal(self.paths.p_heads[layer](self.unflat(z_above, layer + 1)), layer)
+    def conditional(
+        self, layer: int, z_above: Tensor, feature: Tensor | None = None
+    ) -> dist.Independent:
+        """p(z_l | z_{l+1}) for 0-based ``layer`` < L − 1, at the flat draw ``z_above`` (and,
+        with a generative skip, the top-down ``feature`` :math:`t_{l+1}`; none for the layer
+        under the top)."""
+        return self.prior_step(layer, z_above, feature)[0]
+
+    def prior_step(
+        self, layer: int, z_above: Tensor, feature: Tensor | None = None
+    ) -> tuple[dist.Independent, Tensor | None]:
+        """(p(z_l | ·), t_l) for 0-based ``layer`` < L − 1: :meth:`conditional` and, with a
+        generative skip, the top-down features it computed on the way (else ``None``)."""
+        head = self.paths.p_heads[layer]
+        if not self.generative_skip:
+            return self.normal(head(self.unflat(z_above, layer + 1)), layer), None
+        t = head.trunk(z_above if feature is None else torch.cat([z_above, feature], -1))
+        return self.normal(head.project(t), layer), t
+
+    def code(self, z1: Tensor, feature: Tensor | None) -> Tensor:
+        """The decoder's input: flat z_1, or :math:`[z_1, t_1]` with a generative skip."""
+        return z1 if feature is None else torch.cat([z1, feature], -1)
 
     def pair(
-        self, layer: int, est: tuple[Tensor, Tensor], z_above: Tensor | None
-    ) -> tuple[dist.Independent, Any]:
-        """(q, p) of 0-based ``layer``: the posterior merged from the bottom-up estimate ``est``
-        and the prior at ``z_above`` (the draw of the layer above; ``None`` at the top, where q
-        is the estimate and p the top prior)."""
+        self,
+        layer: int,
+        est: tuple[Tensor, Tensor],
+        z_above: Tensor | None,
+        feature: Tensor | None = None,
+    ) -> tuple[dist.Independent, Any, Tensor | None]:
+        """(q, p, t) of 0-based ``layer``: the posterior merged from the bottom-up estimate
+        ``est`` and the prior at ``z_above`` (the draw of the layer above; ``None`` at the top,
+        where q is the estimate and p the top prior), and :meth:`prior_step`'s features given
+        the layer above's ``feature``."""
         if z_above is None:
-            return dist.Normal(*est).to_event(1), self.prior()
-        p = self.conditional(layer, z_above)
+            return dist.Normal(*est).to_event(1), self.prior(), None
+        p, t = self.prior_step(layer, z_above, feature)
         # the model replays the guide's draws: it reuses this prior instead of running the
         # p-head again (the same numbers; one network pass per layer and step saved)
-        self._priors[layer] = (z_above, p)
+        self._priors[layer] = (z_above, p, t)
         mu_p, s_p = p.base_dist.loc, p.base_dist.scale
         mu_h, s_h = est
         if self.merge == "precision":
@@ -312,42 +350,49 @@ class LadderVAE(BaseVAE):
             q = dist.Normal((mu_h * prec_h + mu_p * prec_p) * var, var.sqrt())
         else:
             q = dist.Normal(mu_p + mu_h, s_p * s_h)
-        return q.to_event(1), p
+        return q.to_event(1), p, t
 
     def _top_down(self, x: Tensor, pick: Callable[[dist.Independent], Tensor]) -> list[tuple]:
-        """``[(q_l, p_l, z_l)]`` bottom to top, drawing each z_l with ``pick(q_l)``."""
+        """``[(q_l, p_l, z_l, t_l)]`` bottom to top, drawing each z_l with ``pick(q_l)``."""
         est = self.estimates(self.bottom_up(x))
-        out, z = [], None
+        out, z, t = [], None, None
         for i in reversed(range(self.num_layers)):
-            q, p = self.pair(i, est[i], z)
+            q, p, t = self.pair(i, est[i], z, t)
             z = pick(q)
-            out.append((q, p, z))
+            out.append((q, p, z, t))
         return out[::-1]
 
     def posterior_means(self, x: Tensor) -> list[Tensor]:
         """``[μ_1, …, μ_L]``: the top-down pass at each layer's posterior mean (each q given the
         mean of the layer above): a deterministic summary for reconstructions and embeddings."""
         self._require_built()
-        return [z for _, _, z in self._top_down(x, lambda q: q.mean)]
+        return [z for _, _, z, _ in self._top_down(x, lambda q: q.mean)]
 
     def _point_code(self, x: Tensor) -> Tensor:
-        return self.posterior_means(x)[0]
+        _, _, z1, t1 = self._top_down(x, lambda q: q.mean)[0]
+        return self.code(z1, t1)
 
     def _checked_code(self, x: Tensor) -> Tensor:
-        return self.posterior_means(x)[0]  # loc_scale checks every head's output shape
+        return self._point_code(x)  # loc_scale checks every head's output shape
+
+    def _chain(self, n: int) -> tuple[list[Tensor], Tensor | None]:
+        """``[z_1, …, z_L]`` drawn down the generative chain for ``n`` datapoints, and t_1."""
+        self._require_built()
+        z, t = self.prior().sample((positive_int("n", n),)), None
+        out = [z]
+        for i in reversed(range(self.num_layers - 1)):
+            p, t = self.prior_step(i, z, t)
+            z = p.sample()
+            out.append(z)
+        return out[::-1], t
 
     def sample_latents(self, n: int) -> list[Tensor]:
         """Draw ``[z_1, …, z_L]`` (flat) for ``n`` datapoints down the generative chain."""
-        self._require_built()
-        z = self.prior().sample((positive_int("n", n),))
-        out = [z]
-        for i in reversed(range(self.num_layers - 1)):
-            z = self.conditional(i, z).sample()
-            out.append(z)
-        return out[::-1]
+        return self._chain(n)[0]
 
     def _prior_code(self, n: int) -> Tensor:
-        return self.sample_latents(n)[0]
+        zs, t1 = self._chain(n)
+        return self.code(zs[0], t1)
 
     # -- KL weights ------------------------------------------------------------------------------
     def _controls_on(self) -> bool:
@@ -383,7 +428,7 @@ class LadderVAE(BaseVAE):
         its own noise, without gradient."""
         self._require_built()
         with torch.no_grad():
-            return [unit_kl(q, p) for q, p, _ in self._top_down(x, lambda q: q.sample())]
+            return [unit_kl(q, p) for q, p, _, _ in self._top_down(x, lambda q: q.sample())]
 
     def layer_kls(self, x: Tensor) -> list[float]:
         r"""Each layer's minibatch-mean KL term, bottom to top (the sums of :meth:`unit_kls`):
@@ -397,7 +442,7 @@ class LadderVAE(BaseVAE):
         self._require_built()
         with torch.no_grad():
             layers = self._top_down(x, lambda q: q.sample())
-        return tuple(self.layer_weight(i, q, p) for i, (q, p, _) in enumerate(layers))
+        return tuple(self.layer_weight(i, q, p) for i, (q, p, _, _) in enumerate(layers))
 
     def _count_step(self, h: Tensor) -> None:
         """Count the training step that ``h`` (the first bottom-up feature, on every path to
@@ -451,12 +496,12 @@ class LadderVAE(BaseVAE):
         L = self.num_layers
         priors, self._priors = self._priors, {}
         with self.data_plate(x, size, subsample, batch_size):
-            z = self._sample(f"z{L}", self.prior(), w[L - 1])
+            z, t = self._sample(f"z{L}", self.prior(), w[L - 1]), None
             for i in reversed(range(L - 1)):
-                z_above, p = priors.get(i, (None, None))
-                p = p if z_above is z else self.conditional(i, z)
+                z_above, p, t_i = priors.get(i, (None, None, None))
+                p, t = (p, t_i) if z_above is z else self.prior_step(i, z, t)
                 z = self._sample(f"z{i + 1}", p, w[i])
-            return pyro.sample("x", self.decode(z), obs=obs)
+            return pyro.sample("x", self.decode(self.code(z, t)), obs=obs)
 
     def guide(
         self,
@@ -478,9 +523,9 @@ class LadderVAE(BaseVAE):
             hs = self.bottom_up(x)
             self._count_step(hs[0])
             est = self.estimates(hs)
-            z, decided = None, []
+            z, t, decided = None, None, []
             for i in reversed(range(self.num_layers)):
-                q, p = self.pair(i, est[i], z)
+                q, p, t = self.pair(i, est[i], z, t)
                 w = self.layer_weight(i, q, p)
                 decided.append(w)
                 z = self._sample(f"z{i + 1}", q, w)

@@ -70,7 +70,11 @@ class _Head(nn.Module):
         self.out = nn.Linear(trunk.width, math.prod(self.out_shape))
 
     def forward(self, h: Tensor) -> Tensor:
-        y = self.out(self.trunk(h))
+        return self.project(self.trunk(h))
+
+    def project(self, t: Tensor) -> Tensor:
+        """The output layer alone, from the trunk's features ``t``."""
+        y = self.out(t)
         return y.reshape(*y.shape[:-1], *self.out_shape)
 
 
@@ -93,6 +97,10 @@ class MLPLadderPaths(nn.Module):
         activation: A name in :data:`pvae.nets.ACTIVATIONS`.
         norm: ``None``, ``"batch"`` or ``"weight"`` (:data:`NORMS`) in every hidden layer.
         skip: Residual connections ``h + f(h)`` around every hidden layer.
+        generative_skip: A deterministic top-down path in the generative model: the trunk of
+            ``p_heads[l-1]`` (features :math:`t_l`) reads :math:`[z_{l+1}, t_{l+1}]` and the
+            decoder reads :math:`[z_1, t_1]`, so x depends on every layer directly (see
+            :class:`pvae.LadderVAE`); inputs are flat vectors.
 
     Example:
         >>> import torch
@@ -111,6 +119,7 @@ class MLPLadderPaths(nn.Module):
         activation: str = "tanh",
         norm: str | None = None,
         skip: bool = False,
+        generative_skip: bool = False,
     ) -> None:
         super().__init__()
         dims = tuple(positive_int("latent_dims entries", d) for d in latent_dims)
@@ -130,11 +139,15 @@ class MLPLadderPaths(nn.Module):
         self.q_heads = nn.ModuleList(
             _Head(trunk((u.width,), []), (2, d)) for u, d in zip(self.up, dims, strict=True)
         )
-        self.p_heads = nn.ModuleList(
-            _Head(trunk((above,), tuple(reversed(w))), (2, d))
-            for d, above, w in zip(dims[:-1], dims[1:], widths[1:], strict=True)
+        self.generative_skip = bool(generative_skip)
+        heads, feature = [], 0  # built top-down: the width of t_{l+1} feeds layer l's head
+        for d, above, w in reversed(list(zip(dims[:-1], dims[1:], widths[1:], strict=True))):
+            heads.append(_Head(trunk((above + feature,), tuple(reversed(w))), (2, d)))
+            feature = heads[-1].trunk.width if self.generative_skip else 0
+        self.p_heads = nn.ModuleList(heads[::-1])
+        self.decoder = _Head(
+            trunk((dims[0] + feature,), tuple(reversed(widths[0]))), tuple(out_shape)
         )
-        self.decoder = _Head(trunk((dims[0],), tuple(reversed(widths[0]))), tuple(out_shape))
 
 
 def _widths(hidden: Any, dims: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:

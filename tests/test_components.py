@@ -63,6 +63,21 @@ def test_mlp_keeps_leading_dims_and_rejects_bad_sizes():
         nets.MLP(4, 4, hidden=(0,))
 
 
+def test_mlp_skip_adds_each_hidden_layers_input_and_keeps_plain_parameter_names():
+    torch.manual_seed(0)
+    plain = nets.MLP(6, 3, hidden=(5, 5), activation="tanh")
+    assert next(n for n, _ in plain.named_parameters()) == "net.0.weight"  # old checkpoints load
+    m = nets.MLP((2, 3), 3, hidden=(5, 5), activation="tanh", skip=True)
+    x = torch.randn(4, 2, 3)
+    h0 = x.reshape(4, 6)
+    h1 = torch.tanh(m.blocks[0][0](h0)) + m.skips[0](h0)  # 6 -> 5: a projection
+    h2 = torch.tanh(m.blocks[1][0](h1)) + h1  # 5 -> 5: the identity
+    torch.testing.assert_close(m(x), m.out(h2))
+    assert isinstance(m.skips[1], torch.nn.Identity) and m.skips[0].bias is None
+    with pytest.raises(TypeError, match="skip must be True or False, got 'yes'"):
+        nets.MLP(4, 4, skip="yes")
+
+
 def test_diagonal_guide_scale_has_floor():
     net = torch.nn.Linear(3, 4)
     with torch.no_grad():

@@ -16,6 +16,7 @@ from torch import nn
 
 import pvae
 from pvae.config import build_vae, canonical, load_config
+from pvae.ladder import MLPLadderPaths
 from pvae.likelihoods import LIKELIHOODS
 from pvae.objectives import IWAE
 from pvae.priors import PRIORS
@@ -57,6 +58,37 @@ def test_the_guide_draws_top_down_and_every_site_is_in_the_data_plate(dims):
     assert [tuple(z.shape) for z in m.posterior_means(x)] == [(5, d) for d in dims]
     assert [tuple(z.shape) for z in m.sample_latents(7)] == [(7, d) for d in dims]
     assert m.sample(3).shape == (3, *SHAPE) and m.reconstruct(x).shape == x.shape
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_generative_skip_lets_x_read_every_layer(skip):
+    """With the deterministic top-down path, p(x | ·) changes when only z_3 changes (z_1, z_2
+    held); without it x reads z_1 alone. The decoder's input is [z_1, t_1]."""
+    m = small(dims=(5, 4, 2), hidden=[[16], [8], [6]], generative_skip=skip)
+    x = binary(3)
+    zs = {f"z{i}": torch.randn(3, d) for i, d in enumerate((5, 4, 2), 1)}
+
+    def x_logits(z3):
+        data = {**zs, "z3": z3}
+        tr = pyro.poutine.trace(pyro.poutine.condition(m.model, data=data)).get_trace(x)
+        return tr.nodes["x"]["fn"].base_dist.logits
+
+    moved = (x_logits(zs["z3"]) - x_logits(zs["z3"] + 1.0)).abs().max()
+    assert (moved > 1e-4) == skip and (moved == 0) == (not skip)
+    assert m.paths.decoder.trunk.in_shape == ((5 + 8,) if skip else (5,))
+    assert m.paths.p_heads[0].trunk.in_shape == ((4 + 6,) if skip else (4,))
+    assert [tuple(z.shape) for z in m.posterior_means(x)] == [(3, 5), (3, 4), (3, 2)]
+    assert [tuple(z.shape) for z in m.sample_latents(7)] == [(7, 5), (7, 4), (7, 2)]
+    assert m.sample(3).shape == (3, *SHAPE) and m.reconstruct(x).shape == x.shape
+    svi_trains_every_parameter(m, binary(), Trace_ELBO())
+
+
+def test_a_generative_skip_needs_paths_built_with_it():
+    paths = MLPLadderPaths(SHAPE, SHAPE, (4, 3), hidden=[[16], [8]])
+    with pytest.raises(ValueError, match="generative_skip needs paths built with it"):
+        pvae.LadderVAE(paths=paths, generative_skip=True)
+    built = MLPLadderPaths(SHAPE, SHAPE, (4, 3), hidden=[[16], [8]], generative_skip=True)
+    assert pvae.LadderVAE(paths=built, data_shape=SHAPE).generative_skip
 
 
 def _sites(m, x):
@@ -326,17 +358,19 @@ TOP = ["model.latent_dim=[6, 3]", "model.inference=top_down", "train.objective=e
 
 def test_a_top_down_config_builds_a_ladder_with_its_keys_and_round_trips(tmp_path):
     over = [*TOP, "model.merge=residual", "model.norm=batch", "model.skip=true"]
+    over += ["model.generative_skip=true"]
     over += ["model.layer_warmup=[10, 20]", "model.layer_free_bits=0.1", "model.free_bits_groups=3"]
     cfg = load_config(None, over)
     m = build_vae(cfg.model, SHAPE)
     assert isinstance(m, pvae.LadderVAE)
-    assert (m.merge, m.norm, m.skip) == ("residual", "batch", True)
+    assert (m.merge, m.norm, m.skip, m.generative_skip) == ("residual", "batch", True, True)
     assert (m.layer_warmup, m.layer_free_bits, m.free_bits_groups) == ((10, 20), (0.1, 0.1), (3, 3))
     path = tmp_path / "c.toml"
     path.write_text(pvae.config.dumps_toml(cfg.to_dict()))
     assert canonical(load_config(path)) == canonical(cfg)
     full = canonical(cfg)["model"]
     assert full["layer_free_bits"] == [0.1, 0.1] and full["free_bits_groups"] == [3, 3]
+    assert full["generative_skip"] is True
     plain = canonical(load_config(None, TOP))["model"]
     assert (plain["merge"], plain["layer_warmup"], plain["layer_free_bits"]) == (
         "precision",
@@ -362,6 +396,11 @@ def test_a_top_down_config_builds_a_ladder_with_its_keys_and_round_trips(tmp_pat
         ([TOP[0], TOP[2], "model.merge=residual"], "set model.inference = 'top_down'"),
         (["model.inference=top_down"], "applies to a hierarchical model"),
         ([*TOP, "model.ladder=1"], "valid: .*free_bits_groups.*inference.*merge"),
+        ([*TOP, "model.generative_skip=1"], "model.generative_skip must be true or false"),
+        (
+            [*TOP, "model.generative_skip=true", "model.paths={name='conv'}"],
+            "generative_skip applies to the MLP paths; model.paths names 'conv'",
+        ),
     ],
 )
 def test_top_down_config_errors_name_the_valid_values(over, match):
@@ -388,19 +427,23 @@ def test_each_ladder_config_loads_and_trains_an_epoch_on_digits(name, tmp_path, 
     )
 
 
-@pytest.mark.parametrize("merge", ["precision", "residual"])
-def test_the_model_reuses_the_guides_priors_with_the_same_loss_and_gradients(merge, monkeypatch):
+@pytest.mark.parametrize(
+    "merge,skip", [("precision", False), ("residual", False), ("precision", True)]
+)
+def test_the_model_reuses_the_guides_priors_with_the_same_loss_and_gradients(
+    merge, skip, monkeypatch
+):
     """Under replay the model takes p(z_l | z_{l+1}) from the guide's pass (one p-head pass
     per layer and step, as a hand-written step); loss and gradients equal a model that runs
     the p-heads again, in float64."""
     torch.set_default_dtype(torch.float64)
     try:
         pyro.set_rng_seed(0)
-        vae = small(dims=(4, 3, 2), merge=merge)
+        vae = small(dims=(4, 3, 2), merge=merge, generative_skip=skip)
         x = binary().double()
         calls = []
         for head in vae.paths.p_heads:
-            head.register_forward_hook(lambda *_: calls.append(1))
+            head.trunk.register_forward_hook(lambda *_: calls.append(1))
 
         def loss_and_grads(seed):
             vae.zero_grad()

@@ -24,12 +24,12 @@ def _guide_joint(m, x):
     d2 = REF.latent_dims[1]
     with torch.no_grad():
         est = m.estimates(m.bottom_up(x))
-        q2, _ = m.pair(1, est[1], None)
+        q2, _, _ = m.pair(1, est[1], None)
         m2, S2 = q2.base_dist.loc, torch.diag_embed(q2.base_dist.scale**2)
         basis = torch.cat([torch.zeros(1, d2), torch.eye(d2)]).double()
         cols = []
         for e in basis:
-            q1, _ = m.pair(0, est[0], e.expand(x.shape[0], d2))
+            q1, _, _ = m.pair(0, est[0], e.expand(x.shape[0], d2))
             cols.append(q1.base_dist.loc)
         k = cols[0]
         K = torch.stack([c - k for c in cols[1:]], -1)  # (N, d1, d2)

@@ -125,6 +125,7 @@ class ModelConfig:
     merge: str | None = field(default=None, metadata=OPTIONAL)
     norm: str | None = field(default=None, metadata=OPTIONAL)
     skip: bool | None = field(default=None, metadata=OPTIONAL)
+    generative_skip: bool | None = field(default=None, metadata=OPTIONAL)
     layer_warmup: int | list[int] | None = field(default=None, metadata=OPTIONAL)
     layer_free_bits: float | list[float] | None = field(default=None, metadata=OPTIONAL)
     free_bits_groups: int | list[int] | None = field(default=None, metadata=OPTIONAL)
@@ -560,6 +561,7 @@ def build_vae(model: ModelConfig, data_shape: Sequence[int]) -> nn.Module:
             likelihood=lik,
             hidden=model.hidden,
             activation=model.activation or _ACTIVATION,
+            skip=bool(model.skip),
             data_shape=data_shape,
         )
     gname, gkw = _split(model.guide)

@@ -10,7 +10,9 @@ key                  default        meaning
 ``inference``        ``bottom_up``  ``bottom_up`` or ``top_down`` (a :class:`LadderVAE`)
 ``merge``            ``precision``  top-down: ``precision`` (Ladder VAE) or ``residual`` (NVAE)
 ``norm``             none           top-down: ``batch`` or ``weight`` norm in the MLP paths
-``skip``             ``false``      top-down: skip connections in the MLP paths
+``skip``             ``false``      residual connections in the MLPs (either direction)
+``generative_skip``  ``false``      top-down: a deterministic top-down path in the generative
+                                    model (x reads every layer; MLP paths only)
 ``layer_warmup``     none           top-down: warm-up steps of each layer's KL weight
 ``layer_free_bits``  none           top-down: free bits per layer, nats per unit
 ``free_bits_groups`` ``1``          top-down: groups of units the free bits hold separately
@@ -42,7 +44,7 @@ INFERENCE = ("bottom_up", "top_down")
 KEYS = (
     "merge",
     "norm",
-    "skip",
+    "generative_skip",
     "layer_warmup",
     "layer_free_bits",
     "free_bits_groups",
@@ -73,6 +75,13 @@ def validate(m: Any, objective: Any, hierarchical: bool) -> None:
             f"{', '.join(f'model.{k}' for k in set_keys)} applies to a top-down model: set "
             "model.inference = 'top_down' (and model.latent_dim a list of two or more widths)"
         )
+    if m.skip is not None and not isinstance(m.skip, bool):
+        raise ValueError(f"model.skip must be true or false, got {m.skip!r}")
+    if m.skip is not None and not hierarchical:
+        raise ValueError(
+            "model.skip applies to a hierarchical model; for one layer set skip in "
+            "[model.encoder] and [model.decoder]"
+        )
     if not top_down(m):
         return
     L = len(m.layers)
@@ -80,8 +89,13 @@ def validate(m: Any, objective: Any, hierarchical: bool) -> None:
         one_of("model.merge", m.merge, MERGES)
     if m.norm is not None:
         one_of("model.norm", m.norm, NORMS)
-    if m.skip is not None and not isinstance(m.skip, bool):
-        raise ValueError(f"model.skip must be true or false, got {m.skip!r}")
+    if m.generative_skip is not None and not isinstance(m.generative_skip, bool):
+        raise ValueError(f"model.generative_skip must be true or false, got {m.generative_skip!r}")
+    if m.generative_skip and _paths_table(m.paths)[0] != "mlp":
+        raise ValueError(
+            "model.generative_skip applies to the MLP paths; model.paths names "
+            f"{_paths_table(m.paths)[0]!r}"
+        )
     per_layer("model.layer_warmup", m.layer_warmup, L, nonneg_int)
     per_layer("model.layer_free_bits", m.layer_free_bits, L, nonneg_float)
     groups = per_layer("model.free_bits_groups", m.free_bits_groups, L, positive_int) or ()
@@ -135,16 +149,17 @@ def _listed(value: Any, n: int, default: Any) -> list:
 
 def canonical(m: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The inference keys of a hierarchical ``[model]`` filled in, and their defaults: only
-    ``inference`` for a bottom-up model; every key for a top-down one (per-layer keys as lists;
-    no warm-up is 0 steps; unset free bits stay ``None``, the global ``train.free_bits``)."""
-    full = {"inference": m.inference or "bottom_up"}
-    default = {"inference": "bottom_up"}
+    ``inference`` and ``skip`` for a bottom-up model; every key for a top-down one (per-layer
+    keys as lists; no warm-up is 0 steps; unset free bits stay ``None``, the global
+    ``train.free_bits``)."""
+    full = {"inference": m.inference or "bottom_up", "skip": bool(m.skip)}
+    default = {"inference": "bottom_up", "skip": False}
     if top_down(m):
         L = len(m.layers)
         default.update(
             merge="precision",
             norm=None,
-            skip=False,
+            generative_skip=False,
             layer_warmup=[0] * L,
             layer_free_bits=None,
             free_bits_groups=[1] * L,
@@ -152,7 +167,7 @@ def canonical(m: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         full.update(
             merge=m.merge or "precision",
             norm=m.norm,
-            skip=bool(m.skip),
+            generative_skip=bool(m.generative_skip),
             layer_warmup=_listed(m.layer_warmup, L, 0),
             layer_free_bits=None
             if m.layer_free_bits is None
@@ -185,6 +200,7 @@ def build(
         activation=activation,
         norm=m.norm,
         skip=bool(m.skip),
+        generative_skip=bool(m.generative_skip),
         layer_warmup=m.layer_warmup,
         layer_free_bits=m.layer_free_bits,
         free_bits_groups=m.free_bits_groups,
