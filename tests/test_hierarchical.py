@@ -167,6 +167,19 @@ def test_svi_with_pvaes_iwae_trains_every_parameter(estimator):
     svi_trains_every_parameter(small(), binary(), IWAE(num_particles=5, estimator=estimator))
 
 
+def test_skip_puts_residual_connections_in_every_mlp_and_trains_them():
+    m = pvae.HierarchicalVAE((4, 3), hidden=[[16, 16], [8]], skip=True, data_shape=SHAPE)
+    mlps = [enc.net for enc in m.encoders] + [c.net for c in m.conditionals] + [m.decoder]
+    assert all(isinstance(n, pvae.nets.MLP) and len(n.skips) == len(n.blocks) for n in mlps)
+    svi_trains_every_parameter(m, binary(), Trace_ELBO())
+    cfg = load_config(None, ["model.latent_dim=[4, 3]", "model.skip=true", "train.objective=elbo"])
+    assert build_vae(cfg.model, SHAPE).decoder.skips is not None
+    with pytest.raises(ValueError, match=r"for one layer set skip in \[model.encoder\]"):
+        load_config(None, ["model.skip=true"])
+    with pytest.raises(TypeError, match="skip must be True or False, got 1"):
+        pvae.HierarchicalVAE((4, 3), skip=1)
+
+
 def test_pyros_pytorch_style_elbo_module_trains_every_parameter():
     m = small()
     x = binary()
