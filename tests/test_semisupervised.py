@@ -134,7 +134,7 @@ def test_labelled_minibatches_are_a_stratified_sample_with_the_full_loss_as_mean
 def test_fit_trains_on_the_modules_labelled_minibatches():
     from pvae.datasets import Split
     from pvae.distributed import DistInfo
-    from pvae.training.step import minibatches
+    from pvae.training.step import minibatches, steps_per_epoch
 
     x, y = blobs(100, 0)
     m = pvae.SemiSupervisedVAE(
@@ -147,6 +147,7 @@ def test_fit_trains_on_the_modules_labelled_minibatches():
     got = list(minibatches(m, train, 16, g, None))
     assert len(got) == -(-90 // 13)
     assert all(int((m.labels[i] >= 0).sum()) == 3 and torch.equal(xb, x[i]) for i, xb in got)
+    assert steps_per_epoch(m, 100, 16, None) == len(got)
     with pytest.raises(ValueError, match="batch_order gives its own minibatches, which a distr"):
         next(minibatches(m, train, 16, g, DistInfo(0, 2, 0)))
     with pytest.raises(ValueError, match="labelled_per_batch must be a positive integer, got -1"):
@@ -242,6 +243,8 @@ def test_trains_with_enumeration_from_few_labels():
 @pytest.mark.skipif("enum_elbo" not in OBJECTIVES, reason="needs fit's enum_elbo (issue 24 item 1)")
 @pytest.mark.parametrize("labelled_per_batch", [0, 5])
 def test_fit_with_enum_elbo_and_partial_labels(tmp_path, labelled_per_batch):
+    from pvae.training.step import steps_per_epoch
+
     x, y = blobs(300, 0)
     xt, yt = blobs(300, 1)
     np.savez(tmp_path / "blobs.npz", x=x.numpy(), y=y.numpy())
@@ -257,6 +260,9 @@ def test_fit_with_enum_elbo_and_partial_labels(tmp_path, labelled_per_batch):
     m.set_labels(partial_labels(data.train.y, 3, seed=0))
     fit = pvae.fit(m, data, objective="enum_elbo", epochs=4, batch_size=50, lr=0.02, curve_ks=())
     assert all(math.isfinite(r["train_elbo"]) for r in fit.history)
+    n_u = len(data.train) - 6  # 3 labelled per class
+    per_epoch = math.ceil(n_u / 45) if labelled_per_batch else math.ceil(len(data.train) / 50)
+    assert fit.final["step"] == 4 * per_epoch == 4 * steps_per_epoch(m, len(data.train), 50, None)
     assert m.accuracy(xt, yt) > 0.9
     est = pvae.log_px(m, xt[:20], k=10)  # y summed out: needs log_px's enumeration too
     assert bool(torch.isfinite(est.log_px).all())

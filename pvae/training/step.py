@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -60,6 +61,7 @@ __all__ = [
     "make_optimizer",
     "minibatches",
     "run_epoch",
+    "steps_per_epoch",
     "vae_like",
 ]
 
@@ -555,3 +557,15 @@ def minibatches(
     for idx in batches:
         idx = idx.to(train.x.device)
         yield idx, train.observed(idx)
+
+
+def steps_per_epoch(module: nn.Module, n: int, batch_size: int, d: D.DistInfo | None) -> int:
+    """How many steps :func:`minibatches` takes an epoch over ``n`` datapoints (for the
+    progress report): the length of the module's own ``batch_order``, else ⌈n_rank / B⌉ with
+    n_rank this rank's share of the shuffle."""
+    order = getattr(module, "batch_order", None)
+    batches = order(batch_size, torch.Generator().manual_seed(0)) if callable(order) else None
+    if batches is not None:
+        return len(batches)
+    world = 1 if d is None else d.world_size
+    return math.ceil(-(-n // world) / batch_size)
