@@ -98,6 +98,62 @@ def test_enumerated_minibatch_loss_is_eq9_exactly(alpha):
         torch.testing.assert_close(a_, b_, rtol=1e-10, atol=1e-12)
 
 
+def test_labelled_minibatches_are_a_stratified_sample_with_the_full_loss_as_mean():
+    """With labelled_per_batch = B_l, a minibatch of B_l labelled and B_u unlabelled datapoints
+    weighs them N_l / B_l and N_u / B_u: averaged over every such minibatch the loss is exactly
+    −J^α. The uniform shuffle's weights (N / B each) average to another number on them."""
+    from itertools import combinations
+
+    x, y = data()
+    n, lab, unl = len(y), (y >= 0).nonzero().squeeze(-1), (y < 0).nonzero().squeeze(-1)
+    batches = [
+        torch.tensor(a + b)
+        for a in combinations(lab.tolist(), 2)
+        for b in combinations(unl.tolist(), 3)
+    ]
+    mean = {}
+    for b_l in (2, 0):
+        m = exact_model(3.0, labelled_per_batch=b_l)
+        m.set_labels(y)
+        losses = [enum_loss(m, x[i], size=n, subsample=i).item() for i in batches]
+        mean[b_l] = sum(losses) / len(losses)
+    terms, _ = by_hand(m, x, y, n, len(lab), 3.0)
+    assert mean[2] == pytest.approx(-terms.sum().item(), rel=1e-12)
+    t_lab, t_unl = terms[lab].mean().item(), terms[unl].mean().item()
+    assert mean[0] == pytest.approx(-n / 5 * (2 * t_lab + 3 * t_unl), rel=1e-12)
+    assert abs(mean[0] - mean[2]) > 1e-2 * abs(mean[2])
+    one = batches[7]
+    terms, _ = by_hand(m, x[one], y[one], n, len(lab), 3.0)
+    m.labelled_per_batch = 2
+    want = -(len(lab) / 2 * terms[:2].sum() + len(unl) / 3 * terms[2:].sum())
+    assert enum_loss(m, x[one], size=n, subsample=one).item() == pytest.approx(
+        want.item(), rel=1e-12
+    )
+
+
+def test_fit_trains_on_the_modules_labelled_minibatches():
+    from pvae.datasets import Split
+    from pvae.distributed import DistInfo
+    from pvae.training.step import minibatches, steps_per_epoch
+
+    x, y = blobs(100, 0)
+    m = pvae.SemiSupervisedVAE(
+        pvae.priors.StandardNormal(2), 2, data_shape=(8,), hidden=(8,), labelled_per_batch=3
+    )
+    train, g = Split(x, y), torch.Generator().manual_seed(0)
+    plain = list(minibatches(m, train, 16, g, None))  # no labels set: a uniform shuffle
+    assert [len(i) for i, _ in plain] == [16] * 6 + [4]
+    m.set_labels(partial_labels(y, 5, seed=0))
+    got = list(minibatches(m, train, 16, g, None))
+    assert len(got) == -(-90 // 13)
+    assert all(int((m.labels[i] >= 0).sum()) == 3 and torch.equal(xb, x[i]) for i, xb in got)
+    assert steps_per_epoch(m, 100, 16, None) == len(got)
+    with pytest.raises(ValueError, match="batch_order gives its own minibatches, which a distr"):
+        next(minibatches(m, train, 16, g, DistInfo(0, 2, 0)))
+    with pytest.raises(ValueError, match="labelled_per_batch must be a positive integer, got -1"):
+        pvae.SemiSupervisedVAE(pvae.priors.StandardNormal(2), 2, labelled_per_batch=-1)
+
+
 def test_without_subsample_every_datapoint_is_unlabelled():
     m = exact_model()
     x, y = data()
@@ -185,15 +241,28 @@ def test_trains_with_enumeration_from_few_labels():
 
 
 @pytest.mark.skipif("enum_elbo" not in OBJECTIVES, reason="needs fit's enum_elbo (issue 24 item 1)")
-def test_fit_with_enum_elbo_and_partial_labels(tmp_path):
+@pytest.mark.parametrize("labelled_per_batch", [0, 5])
+def test_fit_with_enum_elbo_and_partial_labels(tmp_path, labelled_per_batch):
+    from pvae.training.step import steps_per_epoch
+
     x, y = blobs(300, 0)
     xt, yt = blobs(300, 1)
     np.savez(tmp_path / "blobs.npz", x=x.numpy(), y=y.numpy())
     data = pvae.datasets.load(str(tmp_path / "blobs.npz"), val_fraction=0.1, test_fraction=0.1)
     torch.manual_seed(0)
-    m = pvae.SemiSupervisedVAE(pvae.priors.StandardNormal(2), 2, data_shape=(8,), hidden=(16,))
+    m = pvae.SemiSupervisedVAE(
+        pvae.priors.StandardNormal(2),
+        2,
+        data_shape=(8,),
+        hidden=(16,),
+        labelled_per_batch=labelled_per_batch,
+    )
     m.set_labels(partial_labels(data.train.y, 3, seed=0))
-    pvae.fit(m, data, objective="enum_elbo", epochs=4, batch_size=50, lr=0.02, curve_ks=())
+    fit = pvae.fit(m, data, objective="enum_elbo", epochs=4, batch_size=50, lr=0.02, curve_ks=())
+    assert all(math.isfinite(r["train_elbo"]) for r in fit.history)
+    n_u = len(data.train) - 6  # 3 labelled per class
+    per_epoch = math.ceil(n_u / 45) if labelled_per_batch else math.ceil(len(data.train) / 50)
+    assert fit.final["step"] == 4 * per_epoch == 4 * steps_per_epoch(m, len(data.train), 50, None)
     assert m.accuracy(xt, yt) > 0.9
     est = pvae.log_px(m, xt[:20], k=10)  # y summed out: needs log_px's enumeration too
     assert bool(torch.isfinite(est.log_px).all())
@@ -236,6 +305,7 @@ def test_config_builds_m2_with_a_classifier_of_the_encoders_size():
         "alpha": 2.0,
         "class_probs": None,
         "enumerate": False,
+        "labelled_per_batch": 0,
         "num_classes": 10,
     }
     assert c["data"]["labels_per_class"] == 5
@@ -289,6 +359,13 @@ def test_config_builds_m2_with_a_classifier_of_the_encoders_size():
             },
             "needs model.encoder.name = 'mlp'",
         ),
+        (
+            {
+                "model": {"semisupervised": {"enumerate": False, "labelled_per_batch": 128}},
+                "train": {"objective": "elbo", "batch_size": 128},
+            },
+            r"labelled_per_batch must be in \[0, train.batch_size - 1\] = \[0, 127\]",
+        ),
     ],
 )
 def test_config_errors_name_the_key(d, match):
@@ -296,6 +373,14 @@ def test_config_errors_name_the_key(d, match):
 
     with pytest.raises(ValueError, match=match):
         Config.from_dict(d)
+
+
+def test_config_labelled_per_batch_must_be_an_integer():
+    with pytest.raises(TypeError, match=r"labelled_per_batch must be an integer .*got 2.5"):
+        m2_config(labelled_per_batch=2.5)
+    assert (
+        pvae.config.build_vae(m2_config(labelled_per_batch=7).model, (4,)).labelled_per_batch == 7
+    )
 
 
 @pytest.mark.skipif("enum_elbo" not in OBJECTIVES, reason="needs fit's enum_elbo (issue 24 item 1)")
@@ -319,6 +404,7 @@ def test_the_shipped_m2_config_loads():
     assert cfg.data.labels_per_class == 100
     m = build_vae(cfg.model, (1, 28, 28))
     assert m.num_classes == 10 and m.enumerate_y and m.latent_dim == 16
+    assert m.alpha == 10 * 54_000 and m.labelled_per_batch == 32 < cfg.train.batch_size
 
 
 needs_enumerating_log_px = pytest.mark.skipif(

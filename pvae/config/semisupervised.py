@@ -15,6 +15,7 @@
     alpha = 5400.0              # eq. 9's α (default 0.1·N, N training datapoints)
     class_probs = [0.1, ...]    # p(y); uniform by default
     enumerate = true            # sum y out (train.objective = "enum_elbo"); false: sample it
+    labelled_per_batch = 16     # labelled datapoints in every minibatch; 0: a uniform shuffle
 
     [train]
     objective = "enum_elbo"
@@ -24,7 +25,10 @@ guide and networks: ``model.encoder`` builds both q(y | x) (the classifier, so i
 encoder's size) and the network of q(z | x, y) (an ``mlp``, over [vec(x), onehot(y)]).
 ``labels_per_class`` keeps n labels of every class of the training split (seeded by
 ``data.seed``, :mod:`pvae.labels`); without it every training label is used. Validation and test
-splits keep all their labels, for the test accuracy.
+splits keep all their labels, for the test accuracy. ``labelled_per_batch`` (default 0, a uniform
+shuffle) puts that many labelled datapoints in every training minibatch and weights the two
+groups as the stratified sample they are (:class:`pvae.SemiSupervisedVAE`); it must be below
+``train.batch_size``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "alpha": None,
     "class_probs": None,
     "enumerate": True,
+    "labelled_per_batch": 0,
 }
 """The keys of ``[model.semisupervised]`` and their defaults."""
 
@@ -91,6 +96,7 @@ def validate(cfg: Any) -> None:
         raise TypeError(
             f"model.semisupervised.enumerate must be true or false, got {s['enumerate']!r}"
         )
+    _check_labelled_per_batch(s["labelled_per_batch"], t.batch_size)
     if m.class_ is not None or m.hierarchical:
         raise ValueError(
             "[model.semisupervised] builds on the one-layer VAE (model.latent_dim an integer); "
@@ -112,6 +118,17 @@ def validate(cfg: Any) -> None:
         raise ValueError(
             "train.free_bits and train.labels do not apply to [model.semisupervised]: labels "
             "come from data.labels_per_class"
+        )
+
+
+def _check_labelled_per_batch(b_l: Any, batch_size: int) -> None:
+    key = "model.semisupervised.labelled_per_batch"
+    if isinstance(b_l, bool) or not isinstance(b_l, int):
+        raise TypeError(f"{key} must be an integer in [0, train.batch_size - 1], got {b_l!r}")
+    if not 0 <= b_l < batch_size:
+        raise ValueError(
+            f"{key} must be in [0, train.batch_size - 1] = [0, {batch_size - 1}] (0: a uniform "
+            f"shuffle), got {b_l}"
         )
 
 
@@ -168,6 +185,7 @@ def build(model: Any, prior: nn.Module, likelihood: nn.Module, data_shape: tuple
         class_probs=s["class_probs"],
         alpha=s["alpha"],
         enumerate_y=s["enumerate"],
+        labelled_per_batch=s["labelled_per_batch"],
         data_shape=data_shape,
     )
 

@@ -14,7 +14,6 @@ moved, nothing written yet), :func:`_epochs` (the loop) and :func:`_end` (figure
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from pvae.training.step import (
     check_takes_labels,
     notice_monte_carlo_kl,
     run_epoch,
+    steps_per_epoch,
 )
 from pvae.training.validation import ValidationOptions, validate, write_figures
 
@@ -286,9 +286,8 @@ def _start(run: _Run, config: dict[str, Any] | None) -> TrainState:
 def _epochs(run: _Run, state: TrainState) -> None:
     """The loop: each epoch trains, validates, checkpoints, reports and calls the hooks."""
     t = run.opts.train
-    world = 1 if run.d is None else run.d.world_size
-    per_rank = -(-len(run.train) // world)
-    total_steps = max(0, t.epochs - state.epoch) * math.ceil(per_rank / t.batch_size)
+    per_epoch = steps_per_epoch(run.step.module, len(run.train), t.batch_size, run.d)
+    total_steps = max(0, t.epochs - state.epoch) * per_epoch
     info = TrainInfo(
         run_dir=run.run_path,
         epochs=t.epochs,

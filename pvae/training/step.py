@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -58,7 +59,9 @@ __all__ = [
     "kl_weighted",
     "make_loss",
     "make_optimizer",
+    "minibatches",
     "run_epoch",
+    "steps_per_epoch",
     "vae_like",
 ]
 
@@ -486,7 +489,8 @@ def run_epoch(
     on_step: Callable[[], None] = lambda: None,
     run_path: Path | None = None,
 ) -> float:
-    """Train one epoch of shuffled minibatches (this rank's shard of them in a distributed job).
+    """Train one epoch of shuffled minibatches (this rank's shard of them in a distributed job),
+    or of the module's own (:func:`minibatches`).
 
     Returns:
         The epoch's training objective, nats per datapoint: the mean over every step's
@@ -496,15 +500,16 @@ def run_epoch(
     Raises:
         TrainingDivergedError: a loss or a parameter became NaN/inf.
     """
-    shard = (lambda order: D.shard(order, d)) if d is not None else None
     gen = epoch_generator(seed, epoch)
     losses: list[Tensor] = []
+    seen = 0
     step.module.train()
     step.begin_epoch()
     try:
         with fit_context():
-            for idx, x in train.batches(batch_size, shuffle=True, generator=gen, shard=shard):
+            for idx, x in minibatches(step.module, train, batch_size, gen, d):
                 losses.append(step(x, idx, len(train)))
+                seen += x.shape[0]
                 on_step()
     except (ValueError, RuntimeError) as err:
         # Non-finite parameters make the next step fail inside distribution validation;
@@ -516,6 +521,51 @@ def run_epoch(
         torch.distributed.all_reduce(per_step)
     # One device sync per epoch: the NaN check and the epoch mean together.
     raise_if_diverged(per_step.unbind(), step.module, epoch, step.steps, run_path)
+    if d is None:
+        return float(-per_step.sum() / seen)
+    per_rank = -(-len(train) // d.world_size)  # the shards are padded to equal size
+    return float(-per_step.sum() / (per_rank * d.world_size))
+
+
+def minibatches(
+    module: nn.Module,
+    train: Split,
+    batch_size: int,
+    generator: torch.Generator,
+    d: D.DistInfo | None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """An epoch's ``(indices, x)`` minibatches: the module's own where it has a
+    ``batch_order(batch_size, generator)`` that gives them (a list of index tensors, e.g.
+    :meth:`pvae.SemiSupervisedVAE.batch_order`'s labelled minibatches), else a uniform shuffle
+    of ``train`` (this rank's shard of it in a distributed job).
+
+    Raises:
+        ValueError: The module orders its own minibatches in a distributed job (not sharded).
+    """
+    order = getattr(module, "batch_order", None)
+    batches = order(batch_size, generator) if callable(order) else None
+    if batches is None:
+        shard = (lambda o: D.shard(o, d)) if d is not None else None
+        yield from train.batches(batch_size, shuffle=True, generator=generator, shard=shard)
+        return
+    if d is not None:
+        raise ValueError(
+            f"{type(module).__name__}.batch_order gives its own minibatches, which a "
+            f"distributed job (world size {d.world_size}) does not shard; train it in one "
+            "process (e.g. labelled_per_batch = 0 for a SemiSupervisedVAE)"
+        )
+    for idx in batches:
+        idx = idx.to(train.x.device)
+        yield idx, train.observed(idx)
+
+
+def steps_per_epoch(module: nn.Module, n: int, batch_size: int, d: D.DistInfo | None) -> int:
+    """How many steps :func:`minibatches` takes an epoch over ``n`` datapoints (for the
+    progress report): the length of the module's own ``batch_order``, else ⌈n_rank / B⌉ with
+    n_rank this rank's share of the shuffle."""
+    order = getattr(module, "batch_order", None)
+    batches = order(batch_size, torch.Generator().manual_seed(0)) if callable(order) else None
+    if batches is not None:
+        return len(batches)
     world = 1 if d is None else d.world_size
-    per_rank = -(-len(train) // world)  # the shards are padded to equal size
-    return float(-per_step.sum() / (per_rank * world))
+    return math.ceil(-(-n // world) / batch_size)
