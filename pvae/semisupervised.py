@@ -147,8 +147,8 @@ class ExpRelaxedCategorical(_TorchExpRelaxed, TorchDistributionMixin):
     Example:
         >>> import torch
         >>> d = ExpRelaxedCategorical(torch.tensor(0.5), logits=torch.zeros(3))
-        >>> float(d.rsample().exp().sum())  # doctest: +ELLIPSIS
-        1.0...
+        >>> round(float(d.rsample().exp().sum()), 5)  # a point on the simplex
+        1.0
     """
 
 
