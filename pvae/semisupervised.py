@@ -83,7 +83,7 @@ on the discrete M2's :math:`\log p(x)`, so its gradients are biased with respect
 discrete objective, with lower variance than the score-function estimator of
 ``enumerate_y=False`` (and no K-fold cost of the enumeration). As λ → 0 the draws approach
 one-hot vectors and the bias falls, while the gradients' variance grows (Maddison et al. use
-λ = 2/3 or 1/2). **Evaluation** follows :class:`pvae.SigmoidBeliefNet`'s: the module stays the
+λ = 2/3 or 1/2). **Evaluation** follows :class:`pvae.sbn.SigmoidBeliefNet`'s: the module stays the
 relaxed model, so :func:`pvae.log_px` (and ``pvae evaluate``, which rebuilds the module from the
 run's config) estimates the relaxed model's :math:`\log p(x)`, importance-sampling
 :math:`\tilde y` and z from the guide; those numbers are not comparable with a discrete M2's.
