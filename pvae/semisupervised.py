@@ -65,6 +65,32 @@ they are: the labelled ones by :math:`N_l / B_l`, the unlabelled ones by
 :math:`-\mathcal J^\alpha`. With a uniform shuffle (``labelled_per_batch = 0``) a step sees
 :math:`B N_l / N` labels on average, 2.4 for 1,000 labels among 54,000 at B = 128.
 
+**The relaxed one-hot** (``relaxed_temperature`` = λ; Jang, Gu & Poole 2017, "Gumbel-Softmax";
+Maddison, Mnih & Teh 2017, "The Concrete Distribution"). The unlabelled datapoints' y is not
+summed out but drawn by reparameterization from the Concrete relaxation of q(y | x): the
+softmax :math:`\tilde y = \mathrm{softmax}\big((\log \pi + g)/\lambda\big)`, g K standard
+Gumbel draws, a point inside the simplex, and the model's p(y) is relaxed the same way at the
+same λ, so :math:`\log p(\tilde y) - \log q(\tilde y \mid x)` is a ratio of two Concrete
+densities (Maddison et al. 2017, §5: relax the prior too, not only the guide). The site's value
+is :math:`\log \tilde y` (an ``ExpRelaxedCategorical``, the numerically stable parameterization
+of Maddison et al., appendix C.3), and the decoder and q(z | x, y) read
+:math:`\tilde y = \exp(\text{value})` where they read onehot(y) before. Labelled datapoints keep
+y observed as a one-hot (a vertex of the simplex) under the discrete p(y). Training uses
+``"elbo"`` (``Trace_ELBO``) with pathwise gradients through :math:`\tilde y` into q(y | x).
+The bound so optimized is the ELBO **of the relaxed model**, a model with a continuous class
+latent :math:`\tilde y` that approximates M2: it is neither :math:`\mathcal U(x)` nor a bound
+on the discrete M2's :math:`\log p(x)`, so its gradients are biased with respect to the
+discrete objective, with lower variance than the score-function estimator of
+``enumerate_y=False`` (and no K-fold cost of the enumeration). As λ → 0 the draws approach
+one-hot vectors and the bias falls, while the gradients' variance grows (Maddison et al. use
+λ = 2/3 or 1/2). **Evaluation** follows :class:`pvae.sbn.SigmoidBeliefNet`'s: the module stays the
+relaxed model, so :func:`pvae.log_px` (and ``pvae evaluate``, which rebuilds the module from the
+run's config) estimates the relaxed model's :math:`\log p(x)`, importance-sampling
+:math:`\tilde y` and z from the guide; those numbers are not comparable with a discrete M2's.
+To evaluate the discrete M2 with the trained parameters, set ``relaxed_temperature = None`` and
+``enumerate_y = True`` on the module: y is then summed out exactly, with the stated mismatch that
+the decoder was trained on relaxed vectors. Classification (argmax q(y | x)) is the same in both.
+
 .. warning::
     The paper's α = 0.1·N makes the classification term a tenth of the unlabelled bound's pull
     on q(y | x), and that pull is towards *uniform* (the entropy :math:`H[q(y\mid x)]` in
@@ -79,6 +105,9 @@ they are: the labelled ones by :math:`N_l / B_l`, the unlabelled ones by
 References:
     Kingma, Rezende, Mohamed & Welling (2014), *Semi-Supervised Learning with Deep Generative
     Models*, NeurIPS (model M2, eq. 6–9).
+    Jang, Gu & Poole (2017), *Categorical Reparameterization with Gumbel-Softmax*, ICLR.
+    Maddison, Mnih & Teh (2017), *The Concrete Distribution: A Continuous Relaxation of Discrete
+    Random Variables*, ICLR.
 """
 
 from __future__ import annotations
@@ -91,7 +120,9 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _TorchExpRelaxed
 from torch.nn import functional as F
 
 from pvae import nets
@@ -101,14 +132,37 @@ from pvae.guides import DiagonalNormal
 from pvae.labels import labelled_batches
 from pvae.likelihoods import Likelihood
 
-__all__ = ["SemiSupervisedVAE"]
+__all__ = ["ExpRelaxedCategorical", "SemiSupervisedVAE"]
 
 UNLABELLED = -1
 """The label of a datapoint whose class is not known."""
 
 
+class ExpRelaxedCategorical(_TorchExpRelaxed, TorchDistributionMixin):
+    r"""The Concrete (Gumbel-softmax) distribution over the *log* of a relaxed one-hot vector
+    (Maddison et al. 2017, appendix C.3; Jang et al. 2017), as a Pyro distribution: ``exp`` of a
+    draw is a ``RelaxedOneHotCategorical`` draw on the simplex, and its log density stays finite
+    where the simplex coordinates underflow to 0 at low temperature.
+
+    Example:
+        >>> import torch
+        >>> d = ExpRelaxedCategorical(torch.tensor(0.5), logits=torch.zeros(3))
+        >>> round(float(d.rsample().exp().sum()), 5)  # a point on the simplex
+        1.0
+    """
+
+
 def one_hot(y: Tensor, k: int, like: Tensor) -> Tensor:
-    """``onehot(y)`` over ``k`` classes, in ``like``'s dtype and device."""
+    """``onehot(y)`` over ``k`` classes, in ``like``'s dtype and device; a floating ``y`` is the
+    log of a relaxed one-hot vector (an :class:`ExpRelaxedCategorical` value), given as
+    ``exp(y)``."""
+    if y.is_floating_point():
+        if y.shape[-1:] != (k,):
+            raise ValueError(
+                f"a relaxed y must hold {k} log-probabilities per datapoint, got shape "
+                f"{tuple(y.shape)}"
+            )
+        return y.exp().to(dtype=like.dtype, device=like.device)
     return F.one_hot(y.long(), k).to(dtype=like.dtype, device=like.device)
 
 
@@ -142,6 +196,19 @@ def check_class_probs(probs: Any, num_classes: int) -> Tensor:
     return p
 
 
+def _relaxed_temperature(value: Any, enumerate_y: bool) -> float | None:
+    """``relaxed_temperature`` checked: ``None`` or a positive float, never with enumeration."""
+    if value is None:
+        return None
+    value = positive_float("relaxed_temperature", value)
+    if enumerate_y:
+        raise ValueError(
+            f"relaxed_temperature={value} draws y from a Concrete relaxation instead of summing "
+            "it out: pass enumerate_y=False (and train with 'elbo', not 'enum_elbo')"
+        )
+    return value
+
+
 class SemiSupervisedVAE(BaseVAE):
     r"""Kingma et al. (2014)'s M2: a class latent y and a continuous latent z (module docstring).
 
@@ -161,6 +228,10 @@ class SemiSupervisedVAE(BaseVAE):
             of datapoints given to :meth:`set_labels`.
         enumerate_y: Sum y out exactly (``TraceEnum_ELBO``) when ``True``; sample it when
             ``False``.
+        relaxed_temperature: λ > 0: draw the unlabelled y from the Concrete relaxation of
+            q(y | x) at temperature λ, under the relaxed p(y) at the same λ, and train with
+            ``"elbo"`` (the relaxed model's ELBO; module docstring). Needs
+            ``enumerate_y=False``. ``None``: the discrete y.
         labelled_per_batch: :math:`B_l`: each training minibatch of :func:`pvae.fit` holds
             this many labelled datapoints, scaled as a stratified sample (module docstring);
             0: a uniform shuffle of all datapoints.
@@ -189,6 +260,7 @@ class SemiSupervisedVAE(BaseVAE):
         class_probs: Sequence[float] | Tensor | None = None,
         alpha: float | None = None,
         enumerate_y: bool = True,
+        relaxed_temperature: float | None = None,
         labelled_per_batch: int = 0,
         data_shape: Sequence[int] | None = None,
         hidden: Sequence[int] = (256, 128),
@@ -204,6 +276,7 @@ class SemiSupervisedVAE(BaseVAE):
         self.register_buffer("class_probs", probs)
         self.alpha = None if alpha is None else positive_float("alpha", alpha, allow_zero=True)
         self.enumerate_y = bool(enumerate_y)
+        self.relaxed_temperature = _relaxed_temperature(relaxed_temperature, self.enumerate_y)
         self.labelled_per_batch = (
             positive_int("labelled_per_batch", labelled_per_batch) if labelled_per_batch else 0
         )
@@ -298,10 +371,12 @@ class SemiSupervisedVAE(BaseVAE):
 
     def features(self, x: Tensor, y: Tensor) -> Tensor:
         r""":math:`[\mathrm{vec}(x), \mathrm{onehot}(y)]` for x of shape ``(B, *data_shape)``
-        and labels y broadcastable to ``(..., B)`` (an enumerated y has shape ``(K, 1)``)."""
+        and labels y broadcastable to ``(..., B)`` (an enumerated y has shape ``(K, 1)``), or
+        relaxed log one-hot vectors of shape ``(..., B, K)`` (``relaxed_temperature``)."""
         xf = x.reshape(x.shape[0], -1)
-        batch = torch.broadcast_shapes(y.shape, xf.shape[:1])
-        oh = one_hot(y, self.num_classes, xf).expand(*batch, self.num_classes)
+        oh = one_hot(y, self.num_classes, xf)
+        batch = torch.broadcast_shapes(oh.shape[:-1], xf.shape[:1])
+        oh = oh.expand(*batch, self.num_classes)
         return torch.cat([xf.expand(*batch, xf.shape[-1]), oh], dim=-1)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> dist.TorchDistribution:
@@ -322,7 +397,7 @@ class SemiSupervisedVAE(BaseVAE):
         return self.code(y, point_estimate(self.encode(x, y)))
 
     def _prior_code(self, n: int) -> Tensor:
-        y = dist.Categorical(probs=self.class_probs).sample((n,))
+        y = self._y_prior().sample((n,))
         return self.code(y, self.prior().sample((n,)))
 
     @torch.no_grad()
@@ -358,6 +433,21 @@ class SemiSupervisedVAE(BaseVAE):
 
     def _y_infer(self) -> dict[str, str]:
         return {"enumerate": "parallel"} if self.enumerate_y else {}
+
+    def _y_prior(self) -> dist.TorchDistribution:
+        """p(y) of an unlabelled datapoint: the categorical, or its Concrete relaxation."""
+        if self.relaxed_temperature is None:
+            return dist.Categorical(probs=self.class_probs)
+        temp = self.class_probs.new_tensor(self.relaxed_temperature)
+        return ExpRelaxedCategorical(temp, probs=self.class_probs)
+
+    def _y_guide(self, x: Tensor) -> dist.TorchDistribution:
+        """q(y | x) of an unlabelled datapoint: the classifier's categorical, or its Concrete
+        relaxation (reparameterized)."""
+        if self.relaxed_temperature is None:
+            return self.classify_dist(x)
+        logits = self.classifier(x)
+        return ExpRelaxedCategorical(logits.new_tensor(self.relaxed_temperature), logits=logits)
 
     def _groups(
         self, x: Tensor, size: int | None, subsample: Tensor | None
@@ -412,7 +502,7 @@ class SemiSupervisedVAE(BaseVAE):
         return x
 
     def _generate(self, tag: str, w: float, x: Tensor | None, y_obs: Tensor | None = None):
-        pd = dist.Categorical(probs=self.class_probs)
+        pd = dist.Categorical(probs=self.class_probs) if y_obs is not None else self._y_prior()
         with site_weight(w):
             infer = self._y_infer() if y_obs is None else {}
             y = pyro.sample("y" + tag, pd, obs=y_obs, infer=infer)
@@ -427,7 +517,8 @@ class SemiSupervisedVAE(BaseVAE):
         **_: Any,
     ) -> None:
         """q(y | x) q(z | x, y) for the unlabelled datapoints (y enumerated, or sampled with
-        ``enumerate_y=False``), q(z | x, y) at the label for the labelled ones."""
+        ``enumerate_y=False``, or relaxed with ``relaxed_temperature``), q(z | x, y) at the
+        label for the labelled ones."""
         x = self._guide_data(x)
         w = self._weight()
         for scale, plate, pos, yl in self._groups(x, size, subsample):
@@ -438,5 +529,5 @@ class SemiSupervisedVAE(BaseVAE):
         with site_weight(w):
             y = y_obs
             if y is None:
-                y = pyro.sample("y", self.classify_dist(x), infer=self._y_infer())
+                y = pyro.sample("y", self._y_guide(x), infer=self._y_infer())
             pyro.sample("z" + tag, self.encode(x, y))

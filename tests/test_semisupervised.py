@@ -307,6 +307,7 @@ def test_config_builds_m2_with_a_classifier_of_the_encoders_size():
         "enumerate": False,
         "labelled_per_batch": 0,
         "num_classes": 10,
+        "relaxed_temperature": None,
     }
     assert c["data"]["labels_per_class"] == 5
     path = pvae.config.dumps_toml(cfg.to_dict())

@@ -15,6 +15,7 @@
     alpha = 5400.0              # eq. 9's α (default 0.1·N, N training datapoints)
     class_probs = [0.1, ...]    # p(y); uniform by default
     enumerate = true            # sum y out (train.objective = "enum_elbo"); false: sample it
+    relaxed_temperature = 0.5   # with enumerate = false: a Concrete y (train.objective = "elbo")
     labelled_per_batch = 16     # labelled datapoints in every minibatch; 0: a uniform shuffle
 
     [train]
@@ -28,7 +29,11 @@ encoder's size) and the network of q(z | x, y) (an ``mlp``, over [vec(x), onehot
 splits keep all their labels, for the test accuracy. ``labelled_per_batch`` (default 0, a uniform
 shuffle) puts that many labelled datapoints in every training minibatch and weights the two
 groups as the stratified sample they are (:class:`pvae.SemiSupervisedVAE`); it must be below
-``train.batch_size``.
+``train.batch_size``. ``relaxed_temperature`` = λ (default: absent, a discrete y) draws the
+unlabelled y from the Concrete (Gumbel-softmax) relaxation at temperature λ, in the guide and
+the prior: it needs ``enumerate = false`` and ``train.objective = "elbo"``, which then optimizes
+the ELBO of the relaxed model, and ``pvae evaluate`` reports the relaxed model's log p(x)
+(:class:`pvae.SemiSupervisedVAE`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "alpha": None,
     "class_probs": None,
     "enumerate": True,
+    "relaxed_temperature": None,
     "labelled_per_batch": 0,
 }
 """The keys of ``[model.semisupervised]`` and their defaults."""
@@ -97,6 +103,7 @@ def validate(cfg: Any) -> None:
             f"model.semisupervised.enumerate must be true or false, got {s['enumerate']!r}"
         )
     _check_labelled_per_batch(s["labelled_per_batch"], t.batch_size)
+    _check_relaxed(s["relaxed_temperature"], s["enumerate"])
     if m.class_ is not None or m.hierarchical:
         raise ValueError(
             "[model.semisupervised] builds on the one-layer VAE (model.latent_dim an integer); "
@@ -110,6 +117,8 @@ def validate(cfg: Any) -> None:
     want = "enum_elbo" if s["enumerate"] else "elbo"
     if t.objective != want:
         how = "sums y out" if s["enumerate"] else "samples y"
+        if s["relaxed_temperature"] is not None:
+            how = f"samples a relaxed y (relaxed_temperature = {s['relaxed_temperature']})"
         raise ValueError(
             f"[model.semisupervised] with enumerate = {str(s['enumerate']).lower()} {how}: "
             f"train.objective must be {want!r}, got {t.objective!r}"
@@ -118,6 +127,19 @@ def validate(cfg: Any) -> None:
         raise ValueError(
             "train.free_bits and train.labels do not apply to [model.semisupervised]: labels "
             "come from data.labels_per_class"
+        )
+
+
+def _check_relaxed(temperature: Any, enumerate_y: bool) -> None:
+    key = "model.semisupervised.relaxed_temperature"
+    if temperature is None:
+        return
+    temperature = positive_float(key, temperature)
+    if enumerate_y:
+        raise ValueError(
+            f"{key} = {temperature} draws y from a Concrete relaxation instead of summing it "
+            "out: set model.semisupervised.enumerate = false and train.objective = 'elbo' (or "
+            f"remove {key} to enumerate y with 'enum_elbo')"
         )
 
 
@@ -135,8 +157,9 @@ def _check_labelled_per_batch(b_l: Any, batch_size: int) -> None:
 def canonical(table: Mapping[str, Any]) -> dict[str, Any]:
     """The table with its defaults filled in, floats as floats."""
     s = _table(table)
-    if s["alpha"] is not None:
-        s["alpha"] = float(s["alpha"])
+    for key in ("alpha", "relaxed_temperature"):
+        if s[key] is not None:
+            s[key] = float(s[key])
     if s["class_probs"] is not None:
         s["class_probs"] = [float(p) for p in s["class_probs"]]
     return s
@@ -185,6 +208,7 @@ def build(model: Any, prior: nn.Module, likelihood: nn.Module, data_shape: tuple
         class_probs=s["class_probs"],
         alpha=s["alpha"],
         enumerate_y=s["enumerate"],
+        relaxed_temperature=s["relaxed_temperature"],
         labelled_per_batch=s["labelled_per_batch"],
         data_shape=data_shape,
     )
