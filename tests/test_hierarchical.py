@@ -173,7 +173,7 @@ def test_skip_puts_residual_connections_in_every_mlp_and_trains_them():
     assert all(isinstance(n, pvae.nets.MLP) and len(n.skips) == len(n.blocks) for n in mlps)
     svi_trains_every_parameter(m, binary(), Trace_ELBO())
     cfg = load_config(None, ["model.latent_dim=[4, 3]", "model.skip=true", "train.objective=elbo"])
-    assert build_vae(cfg.model, SHAPE).decoder.skips is not None
+    assert len(build_vae(cfg.model, SHAPE).decoder.skips) == 2  # around each of 2 hidden layers
     with pytest.raises(ValueError, match=r"for one layer set skip in \[model.encoder\]"):
         load_config(None, ["model.skip=true"])
     with pytest.raises(TypeError, match="skip must be True or False, got 1"):
