@@ -358,25 +358,27 @@ TOP = ["model.latent_dim=[6, 3]", "model.inference=top_down", "train.objective=e
 
 def test_a_top_down_config_builds_a_ladder_with_its_keys_and_round_trips(tmp_path):
     over = [*TOP, "model.merge=residual", "model.norm=batch", "model.skip=true"]
-    over += ["model.generative_skip=true"]
+    over += ["model.generative_skip=true", "model.min_scale=0.01"]
     over += ["model.layer_warmup=[10, 20]", "model.layer_free_bits=0.1", "model.free_bits_groups=3"]
     cfg = load_config(None, over)
     m = build_vae(cfg.model, SHAPE)
     assert isinstance(m, pvae.LadderVAE)
     assert (m.merge, m.norm, m.skip, m.generative_skip) == ("residual", "batch", True, True)
+    assert m.min_scale == 0.01
     assert (m.layer_warmup, m.layer_free_bits, m.free_bits_groups) == ((10, 20), (0.1, 0.1), (3, 3))
     path = tmp_path / "c.toml"
     path.write_text(pvae.config.dumps_toml(cfg.to_dict()))
     assert canonical(load_config(path)) == canonical(cfg)
     full = canonical(cfg)["model"]
     assert full["layer_free_bits"] == [0.1, 0.1] and full["free_bits_groups"] == [3, 3]
-    assert full["generative_skip"] is True
+    assert full["generative_skip"] is True and full["min_scale"] == 0.01
     plain = canonical(load_config(None, TOP))["model"]
     assert (plain["merge"], plain["layer_warmup"], plain["layer_free_bits"]) == (
         "precision",
         [0, 0],
         None,
     )
+    assert plain["min_scale"] == 1e-4  # the ladder's own default
     bottom_up = [TOP[0], TOP[2]]
     assert isinstance(build_vae(load_config(None, bottom_up).model, SHAPE), pvae.HierarchicalVAE)
     assert canonical(load_config(None, [*bottom_up, "model.inference=bottom_up"])) == canonical(
@@ -397,6 +399,7 @@ def test_a_top_down_config_builds_a_ladder_with_its_keys_and_round_trips(tmp_pat
         (["model.inference=top_down"], "applies to a hierarchical model"),
         ([*TOP, "model.ladder=1"], "valid: .*free_bits_groups.*inference.*merge"),
         ([*TOP, "model.generative_skip=1"], "model.generative_skip must be true or false"),
+        ([*TOP, "model.min_scale=-1"], "model.min_scale"),
         (
             [*TOP, "model.generative_skip=true", "model.paths={name='conv'}"],
             "generative_skip applies to the MLP paths; model.paths names 'conv'",

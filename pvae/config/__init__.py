@@ -126,6 +126,7 @@ class ModelConfig:
     norm: str | None = field(default=None, metadata=OPTIONAL)
     skip: bool | None = field(default=None, metadata=OPTIONAL)
     generative_skip: bool | None = field(default=None, metadata=OPTIONAL)
+    min_scale: float | None = field(default=None, metadata=OPTIONAL)
     layer_warmup: int | list[int] | None = field(default=None, metadata=OPTIONAL)
     layer_free_bits: float | list[float] | None = field(default=None, metadata=OPTIONAL)
     free_bits_groups: int | list[int] | None = field(default=None, metadata=OPTIONAL)

@@ -11,6 +11,8 @@ key                  default        meaning
 ``merge``            ``precision``  top-down: ``precision`` (Ladder VAE) or ``residual`` (NVAE)
 ``norm``             none           top-down: ``batch`` or ``weight`` norm in the MLP paths
 ``skip``             ``false``      residual connections in the MLPs (either direction)
+``min_scale``        ``1e-4``       top-down: σ_min, the floor of every posterior and
+                                    conditional prior scale
 ``generative_skip``  ``false``      top-down: a deterministic top-down path in the generative
                                     model (x reads every layer; MLP paths only)
 ``layer_warmup``     none           top-down: warm-up steps of each layer's KL weight
@@ -32,7 +34,7 @@ from typing import Any
 
 from torch import nn
 
-from pvae._checks import lookup, one_of, positive_int
+from pvae._checks import lookup, one_of, positive_float, positive_int
 from pvae.family import nonneg_float, nonneg_int, per_layer
 from pvae.ladder import MERGES, NORMS, LadderVAE
 from pvae.nets import PATHS
@@ -45,6 +47,7 @@ KEYS = (
     "merge",
     "norm",
     "generative_skip",
+    "min_scale",
     "layer_warmup",
     "layer_free_bits",
     "free_bits_groups",
@@ -91,6 +94,8 @@ def validate(m: Any, objective: Any, hierarchical: bool) -> None:
         one_of("model.norm", m.norm, NORMS)
     if m.generative_skip is not None and not isinstance(m.generative_skip, bool):
         raise ValueError(f"model.generative_skip must be true or false, got {m.generative_skip!r}")
+    if m.min_scale is not None:
+        positive_float("model.min_scale", m.min_scale)
     if m.generative_skip and _paths_table(m.paths)[0] != "mlp":
         raise ValueError(
             "model.generative_skip applies to the MLP paths; model.paths names "
@@ -160,6 +165,7 @@ def canonical(m: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             merge="precision",
             norm=None,
             generative_skip=False,
+            min_scale=1e-4,
             layer_warmup=[0] * L,
             layer_free_bits=None,
             free_bits_groups=[1] * L,
@@ -168,6 +174,7 @@ def canonical(m: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             merge=m.merge or "precision",
             norm=m.norm,
             generative_skip=bool(m.generative_skip),
+            min_scale=1e-4 if m.min_scale is None else float(m.min_scale),
             layer_warmup=_listed(m.layer_warmup, L, 0),
             layer_free_bits=None
             if m.layer_free_bits is None
@@ -201,6 +208,7 @@ def build(
         norm=m.norm,
         skip=bool(m.skip),
         generative_skip=bool(m.generative_skip),
+        min_scale=1e-4 if m.min_scale is None else float(m.min_scale),
         layer_warmup=m.layer_warmup,
         layer_free_bits=m.layer_free_bits,
         free_bits_groups=m.free_bits_groups,
