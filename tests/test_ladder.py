@@ -423,6 +423,7 @@ def test_each_ladder_config_loads_and_trains_an_epoch_on_digits(name, tmp_path, 
     assert cfg.model.inference == "top_down" and len(cfg.model.layers) == int(name[7])
     m = build_vae(cfg.model, digits.train.x.shape[1:])
     assert isinstance(m, pvae.LadderVAE) and m.latent_dims == tuple(cfg.model.layers)
+    assert m.min_scale == 0.01  # shipped above the code's 1e-4: the 50-epoch spikes (README)
     opts = cfg.options.replace(epochs=1, batch_size=256, device="cpu", progress=False)
     res = pvae.fit(m, digits, opts)
     assert math.isfinite(res.history[-1]["train_elbo"]) and math.isfinite(
