@@ -29,6 +29,7 @@ bottom (z_1) first.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,6 +153,15 @@ def _listed(value: Any, n: int, default: Any) -> list:
     return [value] * n
 
 
+# LadderVAE's own σ_min, so the config's default and the model's cannot drift apart.
+_MIN_SCALE: float = inspect.signature(LadderVAE).parameters["min_scale"].default
+
+
+def _min_scale(m: Any) -> float:
+    """``[model] min_scale`` as a float, LadderVAE's default where unset."""
+    return _MIN_SCALE if m.min_scale is None else float(m.min_scale)
+
+
 def canonical(m: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The inference keys of a hierarchical ``[model]`` filled in, and their defaults: only
     ``inference`` and ``skip`` for a bottom-up model; every key for a top-down one (per-layer
@@ -165,7 +175,7 @@ def canonical(m: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             merge="precision",
             norm=None,
             generative_skip=False,
-            min_scale=1e-4,
+            min_scale=_MIN_SCALE,
             layer_warmup=[0] * L,
             layer_free_bits=None,
             free_bits_groups=[1] * L,
@@ -174,7 +184,7 @@ def canonical(m: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             merge=m.merge or "precision",
             norm=m.norm,
             generative_skip=bool(m.generative_skip),
-            min_scale=1e-4 if m.min_scale is None else float(m.min_scale),
+            min_scale=_min_scale(m),
             layer_warmup=_listed(m.layer_warmup, L, 0),
             layer_free_bits=None
             if m.layer_free_bits is None
@@ -208,7 +218,7 @@ def build(
         norm=m.norm,
         skip=bool(m.skip),
         generative_skip=bool(m.generative_skip),
-        min_scale=1e-4 if m.min_scale is None else float(m.min_scale),
+        min_scale=_min_scale(m),
         layer_warmup=m.layer_warmup,
         layer_free_bits=m.layer_free_bits,
         free_bits_groups=m.free_bits_groups,
